@@ -1,0 +1,309 @@
+"""
+A SigLIP-style dual encoder, written from scratch.
+
+  image tower: patchify conv -> + learned pos-embed -> pre-LN blocks -> final LN -> MAP head
+  text tower:  token + pos embeddings -> pre-LN blocks (no masks) -> final LN -> last position -> Linear
+  match logit: exp(logit_scale) * <x, y> + logit_bias, with x, y L2-normalised
+
+No CLS token, no projection after the MAP head (SigLIP ViT-B/16, ../shared/METHOD.md section 1).
+`encode_image(..., return_tokens=True)` also returns the per-patch tokens through the MAP head's
+value path (METHOD.md 2.3), which the C2LIP losses pool per concept.
+
+The tokenizer lives here too: a word-level tokenizer whose vocabulary is built from the training
+captions and saved inside every checkpoint, so nothing is downloaded. Anything with the same small
+interface (`encode`, `vocab_size`, `context_length`, `state_dict`) can replace it.
+
+    python model.py             # prints the parameter count of every preset
+"""
+
+import math
+import re
+import string
+from collections import Counter
+from dataclasses import dataclass, asdict
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# -----------------------------------------------------------------------------
+# config and size presets
+
+
+@dataclass
+class ModelConfig:
+    image_size: int = 32       # input resolution (square)
+    patch_size: int = 8        # 32 / 8 -> 16 patch tokens
+    width: int = 128           # image tower width; also the MAP head width
+    depth: int = 4             # image tower blocks
+    heads: int = 4             # image tower heads (the MAP head uses the same count)
+    text_width: int = 128
+    text_depth: int = 3
+    text_heads: int = 4
+    context_length: int = 32   # text tokens, captions and concepts alike
+    vocab_size: int = 512      # set from the tokenizer at build time
+    embed_dim: int = 128       # joint space; must equal width (no projection after the MAP head)
+    mlp_ratio: float = 4.0
+    ln_eps: float = 1e-6
+    init_logit_scale: float = math.log(10.0)
+    init_logit_bias: float = -10.0
+
+
+# named sizes; "tiny" trains on a 2-core CPU in minutes, "B/16" is SigLIP ViT-B/16 (webli)
+PRESETS = {
+    "tiny": dict(image_size=32, patch_size=8, width=128, depth=4, heads=4,
+                 text_width=128, text_depth=3, text_heads=4, context_length=16, embed_dim=128),
+    "S/16": dict(image_size=224, patch_size=16, width=384, depth=12, heads=6,
+                 text_width=384, text_depth=12, text_heads=6, context_length=64, embed_dim=384),
+    "B/16": dict(image_size=224, patch_size=16, width=768, depth=12, heads=12,
+                 text_width=768, text_depth=12, text_heads=12, context_length=64, embed_dim=768,
+                 vocab_size=32000),
+}
+
+
+def model_config(preset="tiny", **overrides):
+    cfg = dict(PRESETS[preset])
+    cfg.update(overrides)
+    return ModelConfig(**cfg)
+
+# -----------------------------------------------------------------------------
+# tokenizer
+
+
+def canonicalize(text):
+    """SigLIP's text cleaning: '_' -> space, drop ASCII punctuation, lowercase, collapse spaces."""
+    text = text.replace("_", " ")
+    text = text.translate(str.maketrans("", "", string.punctuation))
+    return re.sub(r"\s+", " ", text.lower()).strip()
+
+
+class WordTokenizer:
+    """Canonicalised words -> ids, then EOS, then padding to the context length.
+
+    ids: 0 = pad, 1 = eos, 2 = unknown word. Captions longer than the context are truncated and
+    keep their EOS as the last token (the text tower pools the last position).
+    """
+    PAD, EOS, UNK = 0, 1, 2
+    SPECIALS = ["<pad>", "<eos>", "<unk>"]
+
+    def __init__(self, words, context_length):
+        self.itos = self.SPECIALS + [w for w in words if w not in self.SPECIALS]
+        self.stoi = {w: i for i, w in enumerate(self.itos)}
+        self.context_length = context_length
+
+    @classmethod
+    def build(cls, texts, context_length, min_count=1, max_size=None):
+        counts = Counter(w for t in texts for w in canonicalize(t).split())
+        words = sorted((w for w, c in counts.items() if c >= min_count), key=lambda w: (-counts[w], w))
+        return cls(words[:max_size] if max_size else words, context_length)
+
+    @property
+    def vocab_size(self):
+        return len(self.itos)
+
+    def encode(self, texts):
+        """list of str -> LongTensor (n, context_length)"""
+        out = torch.full((len(texts), self.context_length), self.PAD, dtype=torch.long)
+        for i, t in enumerate(texts):
+            ids = [self.stoi.get(w, self.UNK) for w in canonicalize(t).split()]
+            ids = ids[: self.context_length - 1] + [self.EOS]
+            out[i, : len(ids)] = torch.tensor(ids)
+        return out
+
+    def decode(self, ids):
+        return " ".join(self.itos[i] for i in ids if i not in (self.PAD, self.EOS))
+
+    def state_dict(self):
+        return {"kind": "word", "itos": self.itos, "context_length": self.context_length}
+
+    @classmethod
+    def from_state_dict(cls, state):
+        return cls(state["itos"], state["context_length"])
+
+
+def tokenizer_from_state_dict(state):
+    """rebuild whichever tokenizer a checkpoint carries"""
+    kinds = {"word": WordTokenizer}
+    if state.get("kind") not in kinds:
+        raise ValueError(f"unknown tokenizer kind {state.get('kind')!r} in checkpoint")
+    return kinds[state["kind"]].from_state_dict(state)
+
+# -----------------------------------------------------------------------------
+# building blocks (shared by both towers)
+
+
+class MLP(nn.Module):
+    def __init__(self, dim, hidden):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x):
+        return self.fc2(F.gelu(self.fc1(x)))  # exact (erf) GELU, as SigLIP
+
+
+class Attention(nn.Module):
+    def __init__(self, dim, heads):
+        super().__init__()
+        assert dim % heads == 0
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        B, L, D = x.shape
+        q, k, v = self.qkv(x).view(B, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)  # 3x (B, h, L, hd)
+        x = F.scaled_dot_product_attention(q, k, v)  # no mask in either tower
+        return self.proj(x.transpose(1, 2).reshape(B, L, D))
+
+
+class Block(nn.Module):
+    def __init__(self, dim, heads, mlp_ratio, eps):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
+        self.attn = Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
+        self.mlp = MLP(dim, int(dim * mlp_ratio))
+
+    def forward(self, x):
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class MAPHead(nn.Module):
+    """Multihead attention pooling: one learned latent query attends over all patch tokens."""
+
+    def __init__(self, dim, heads, mlp_ratio, eps):
+        super().__init__()
+        self.heads = heads
+        self.latent = nn.Parameter(torch.zeros(1, 1, dim))
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(dim, 2 * dim)  # first half keys, second half values
+        self.proj = nn.Linear(dim, dim)
+        self.norm = nn.LayerNorm(dim, eps=eps)
+        self.mlp = MLP(dim, int(dim * mlp_ratio))
+
+    def forward(self, h, return_tokens=False):
+        B, T, D = h.shape
+        hd = D // self.heads
+        q = self.q(self.latent).expand(B, -1, -1).view(B, 1, self.heads, hd).transpose(1, 2)  # (B, h, 1, hd)
+        k, v = self.kv(h).split(D, dim=-1)  # (B, T, D) each
+        k = k.view(B, T, self.heads, hd).transpose(1, 2)
+        vh = v.view(B, T, self.heads, hd).transpose(1, 2)
+        o = F.scaled_dot_product_attention(q, k, vh).transpose(1, 2).reshape(B, 1, D)
+        o = self.proj(o)
+        pooled = (o + self.mlp(self.norm(o)))[:, 0]  # (B, D)
+        if not return_tokens:
+            return pooled, None
+        # value path: the same head with its attention replaced by identity, applied per token
+        u = self.proj(v)
+        tokens = u + self.mlp(self.norm(u))  # (B, T, D)
+        return pooled, tokens
+
+# -----------------------------------------------------------------------------
+# the two towers
+
+
+class VisionTower(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        assert cfg.image_size % cfg.patch_size == 0
+        self.num_patches = (cfg.image_size // cfg.patch_size) ** 2
+        self.patch_embed = nn.Conv2d(3, cfg.width, cfg.patch_size, stride=cfg.patch_size)
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.num_patches, cfg.width))
+        self.blocks = nn.ModuleList([Block(cfg.width, cfg.heads, cfg.mlp_ratio, cfg.ln_eps) for _ in range(cfg.depth)])
+        self.norm = nn.LayerNorm(cfg.width, eps=cfg.ln_eps)
+        self.attn_pool = MAPHead(cfg.width, cfg.heads, cfg.mlp_ratio, cfg.ln_eps)
+
+    def forward(self, images, return_tokens=False):
+        x = self.patch_embed(images).flatten(2).transpose(1, 2)  # (B, T, width)
+        x = x + self.pos_embed
+        for block in self.blocks:
+            x = block(x)
+        return self.attn_pool(self.norm(x), return_tokens)
+
+
+class TextTower(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.text_width)
+        self.positional_embedding = nn.Parameter(torch.zeros(cfg.context_length, cfg.text_width))
+        self.blocks = nn.ModuleList([Block(cfg.text_width, cfg.text_heads, cfg.mlp_ratio, cfg.ln_eps)
+                                     for _ in range(cfg.text_depth)])
+        self.ln_final = nn.LayerNorm(cfg.text_width, eps=cfg.ln_eps)
+        self.text_projection = nn.Linear(cfg.text_width, cfg.embed_dim)
+
+    def forward(self, tokens):
+        x = self.token_embedding(tokens) + self.positional_embedding[: tokens.shape[1]]  # (n, C, width)
+        for block in self.blocks:
+            x = block(x)  # pads attend and are attended to, as in SigLIP
+        return self.text_projection(self.ln_final(x)[:, -1])  # last position
+
+# -----------------------------------------------------------------------------
+# the dual encoder
+
+
+class DualEncoder(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        assert cfg.embed_dim == cfg.width, "SigLIP has no projection after the MAP head: embed_dim must equal width"
+        self.cfg = cfg
+        self.visual = VisionTower(cfg)
+        self.text = TextTower(cfg)
+        self.logit_scale = nn.Parameter(torch.tensor(cfg.init_logit_scale))
+        self.logit_bias = nn.Parameter(torch.tensor(cfg.init_logit_bias))
+        self.apply(self._init_weights)
+        # named special cases; CLIP-style small text embeddings, or the tower ignores word order
+        nn.init.normal_(self.text.token_embedding.weight, std=0.02)
+        nn.init.normal_(self.text.positional_embedding, std=0.01)
+        nn.init.normal_(self.visual.pos_embed, std=0.02)
+        nn.init.normal_(self.visual.attn_pool.latent, std=cfg.width ** -0.5)
+
+    def _init_weights(self, m):
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            # std 1/sqrt(fan_in): at small widths a fixed 0.02 makes all embeddings nearly equal at init, and
+            # the sigmoid loss then collapses every image and caption onto one point (measured on the world)
+            nn.init.normal_(m.weight, std=m.weight[0].numel() ** -0.5)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    def encode_image(self, images, return_tokens=False):
+        """images (B, 3, H, W) -> unit x (B, d), and unit per-patch tokens (B, T, d) or None"""
+        pooled, tokens = self.visual(images, return_tokens)
+        x = F.normalize(pooled, dim=-1)
+        return x, (F.normalize(tokens, dim=-1) if tokens is not None else None)
+
+    def encode_text(self, tokens):
+        """token ids (n, C) -> unit y (n, d)"""
+        return F.normalize(self.text(tokens), dim=-1)
+
+    def forward(self, images, tokens, extra_tokens=None, return_tokens=False):
+        """one call for everything a training step needs (DDP wraps this forward).
+
+        extra_tokens (C2LIP's concepts, DeGLA's negatives) go through the same text pass.
+        Returns a dict with fixed keys; absent parts are None.
+        """
+        x, patch_tokens = self.encode_image(images, return_tokens)
+        n = tokens.shape[0]
+        texts = tokens if extra_tokens is None else torch.cat([tokens, extra_tokens])
+        y = self.encode_text(texts)
+        return {"image": x, "patch_tokens": patch_tokens, "text": y[:n],
+                "extra": None if extra_tokens is None else y[n:],
+                "logit_scale": self.logit_scale, "logit_bias": self.logit_bias}
+
+    def num_params(self):
+        return sum(p.numel() for p in self.parameters())
+
+
+if __name__ == "__main__":
+    for name in PRESETS:
+        cfg = model_config(name)
+        with torch.device("meta"):
+            m = DualEncoder(cfg)
+        n_img = sum(p.numel() for p in m.visual.parameters())
+        n_txt = sum(p.numel() for p in m.text.parameters())
+        print(f"{name:5s} params {m.num_params() / 1e6:8.2f}M  image {n_img / 1e6:7.2f}M  text {n_txt / 1e6:7.2f}M"
+              f"  patches {m.visual.num_patches}  context {cfg.context_length}  vocab {cfg.vocab_size}")

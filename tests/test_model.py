@@ -1,0 +1,73 @@
+import torch
+
+from model import DualEncoder, WordTokenizer, model_config, tokenizer_from_state_dict
+
+
+def tiny(**kw):
+    torch.manual_seed(0)
+    return DualEncoder(model_config("tiny", vocab_size=40, **kw))
+
+
+def test_shapes_and_unit_norm():
+    m = tiny()
+    images, tokens = torch.randn(3, 3, 32, 32), torch.randint(0, 40, (5, 16))
+    x, u = m.encode_image(images, return_tokens=True)
+    y = m.encode_text(tokens)
+    assert x.shape == (3, 128) and u.shape == (3, 16, 128) and y.shape == (5, 128)
+    for e in (x, u, y):
+        torch.testing.assert_close(e.norm(dim=-1), torch.ones(e.shape[:-1]))
+    assert m.encode_image(images)[1] is None
+    torch.testing.assert_close(m.logit_scale.exp(), torch.tensor(10.0))
+    assert m.logit_bias.item() == -10.0
+
+
+def test_forward_dict_matches_separate_encoders():
+    m = tiny()
+    images, tokens, extra = torch.randn(2, 3, 32, 32), torch.randint(0, 40, (2, 16)), torch.randint(0, 40, (3, 16))
+    out = m(images, tokens, extra, return_tokens=True)
+    torch.testing.assert_close(out["image"], m.encode_image(images)[0])
+    torch.testing.assert_close(out["text"], m.encode_text(tokens))
+    torch.testing.assert_close(out["extra"], m.encode_text(extra))
+    assert set(out) == {"image", "patch_tokens", "text", "extra", "logit_scale", "logit_bias"}
+
+
+def test_value_path_is_map_head_with_identity_attention():
+    # with one patch the MAP attention weight is exactly 1, so the pooled output is that patch's value-path token
+    m = tiny(image_size=8, patch_size=8)
+    x, u = m.encode_image(torch.randn(4, 3, 8, 8), return_tokens=True)
+    torch.testing.assert_close(u[:, 0], x, atol=1e-5, rtol=1e-5)
+
+
+def test_value_path_by_hand():
+    m = tiny()
+    head = m.visual.attn_pool
+    h = torch.randn(2, 16, 128)
+    _, tokens = head(h, return_tokens=True)
+    v = h @ head.kv.weight[128:].T + head.kv.bias[128:]  # value half of the kv projection
+    o = head.proj(v)
+    torch.testing.assert_close(tokens, o + head.mlp(head.norm(o)))
+
+
+def test_text_pools_last_position_and_sees_word_order():
+    m = tiny()
+    a = torch.tensor([[5, 6, 7, 1] + [0] * 12])
+    b = torch.tensor([[7, 6, 5, 1] + [0] * 12])
+    assert not torch.allclose(m.encode_text(a), m.encode_text(b))
+
+
+def test_tokenizer():
+    tok = WordTokenizer(["a", "red", "circle", "and", "blue", "square"], context_length=6)
+    ids = tok.encode(["A red circle, and a blue square!", "red"])
+    assert ids.shape == (2, 6)
+    # truncated to context - 1 words, then EOS
+    assert ids[0].tolist() == [tok.stoi["a"], tok.stoi["red"], tok.stoi["circle"], tok.stoi["and"], tok.stoi["a"], tok.EOS]
+    assert ids[1].tolist() == [tok.stoi["red"], tok.EOS, 0, 0, 0, 0]
+    assert tok.encode(["zebra"])[0, 0].item() == tok.UNK
+    tok2 = tokenizer_from_state_dict(tok.state_dict())
+    assert torch.equal(tok2.encode(["a blue square"]), tok.encode(["a blue square"]))
+
+
+def test_tokenizer_build_is_deterministic():
+    texts = ["b a", "a c", "a b"]
+    assert WordTokenizer.build(texts, 8).itos == WordTokenizer.build(list(reversed(texts)), 8).itos
+    assert WordTokenizer.build(texts, 8, min_count=2).itos[3:] == ["a", "b"]

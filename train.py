@@ -1,0 +1,386 @@
+"""
+Train a SigLIP-style dual encoder with the SigLIP loss (baseline) or C2LIP's concept losses.
+
+One code path for every world size (gloo on CPU, nccl on GPU); world size 1 is the general case:
+
+    python train.py                                   # tiny model on the built-in world, CPU, ~5 min
+    python train.py --loss=c2lip                      # + L_npc and L_xac (concepts by NLTK chunking)
+    python train.py --data=my/captions.jsonl          # your own images and captions (JSONL or CSV)
+    torchrun --standalone --nproc_per_node=2 train.py # the same run on 2 processes
+
+Every field of Config can be set as --key=value; unknown keys are an error. The resolved config
+is written to out_dir/config.json and into every checkpoint.
+"""
+
+import json
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, asdict, fields
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+
+import data
+import losses
+from model import DualEncoder, model_config, WordTokenizer, tokenizer_from_state_dict, ModelConfig
+
+# -----------------------------------------------------------------------------
+# config
+
+
+@dataclass
+class Config:
+    # run
+    out_dir: str = "runs/default"    # logs, config and checkpoints
+    seed: int = 0
+    resume: bool = False             # continue from out_dir/ckpt.pt if it exists
+    init: str = ""                   # start from this checkpoint's weights (fresh optimizer and step count)
+    # data
+    data: str = "world"              # "world" (built in) or a JSONL/CSV file of image paths and captions
+    image_key: str = "image"         # field names in a JSONL/CSV file
+    caption_key: str = "caption"
+    world_scenes: int = 40000        # training scenes of the built-in world
+    min_objects: int = 2
+    max_objects: int = 3
+    workers: int = 0                 # DataLoader worker processes per rank
+    # model
+    model: str = "tiny"              # size preset in model.PRESETS: tiny, S/16, B/16
+    image_size: int = 0              # 0 = the preset's
+    # loss
+    loss: str = "siglip"             # siglip | c2lip
+    npc_weight: float = 1.0          # C2LIP: weight of L_npc
+    xac_weight: float = 0.01         # C2LIP: weight of L_xac
+    xac_temperature: float = 1.0     # C2LIP: lambda inside the patch softmax
+    xac_chunk: int = 0               # C2LIP: images per L_xac chunk (0 = all at once)
+    concepts: str = ""               # C2LIP: concept cache from `python concepts.py extract` ("" = extract now)
+    # optimisation
+    batch_size: int = 128            # global batch, split over ranks
+    steps: int = 1000
+    lr: float = 2e-3
+    logit_lr_mult: float = 10.0      # lr multiplier of logit_scale and logit_bias (1.0 in the official recipes)
+    warmup: int = 50
+    weight_decay: float = 0.1        # on tensors with dim >= 2 only
+    beta1: float = 0.9
+    beta2: float = 0.98
+    eps: float = 1e-6
+    max_logit_scale: float = math.log(100.0)  # clamp after every step (both official codes)
+    # system
+    device: str = "auto"             # auto | cpu | cuda
+    bf16: bool = True                # bf16 autocast around forward and loss on CUDA (fp32 master weights)
+    compile: bool = False
+    threads: int = 0                 # torch CPU threads per rank (0 = leave as is)
+    log_every: int = 25
+    ckpt_every: int = 250
+    eval: bool = True                # evaluate on the held-out world at the end (rank 0)
+    eval_scenes: int = 1000
+
+
+def parse_value(text, kind, name):
+    if kind is bool:
+        if text.lower() in ("1", "true", "yes", "on"):
+            return True
+        if text.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"--{name}: expected a boolean, got {text!r}")
+    try:
+        return kind(text)
+    except ValueError:
+        raise ValueError(f"--{name}: expected {kind.__name__}, got {text!r}") from None
+
+
+def parse_args(argv, cls=None):
+    """--key=value (or --flag for booleans) -> dataclass; unknown keys and bad values are errors"""
+    cls = cls or Config
+    types = {f.name: f.type if isinstance(f.type, type) else eval(f.type) for f in fields(cls)}
+    values = {}
+    for arg in argv:
+        if not arg.startswith("--"):
+            raise ValueError(f"unexpected argument {arg!r}: use --key=value")
+        key, eq, text = arg[2:].partition("=")
+        key = key.replace("-", "_")
+        if key not in types:
+            raise ValueError(f"unknown option --{key}; known: {', '.join(sorted(types))}")
+        if not eq:
+            if types[key] is not bool:
+                raise ValueError(f"--{key} needs a value: --{key}=...")
+            text = "true"
+        values[key] = parse_value(text, types[key], key)
+    return cls(**values)
+
+# -----------------------------------------------------------------------------
+# pieces of the loop
+
+
+def get_lr(step, cfg):
+    """linear warm-up over cfg.warmup steps, then cosine from lr to 0"""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def configure_optimizer(model, cfg, log=print):
+    """AdamW; decay iff p.dim() >= 2 (matrices, embeddings, pos-embeds, MAP latent); logit params apart"""
+    logit = [model.logit_scale, model.logit_bias]
+    others = [p for n, p in model.named_parameters() if p.requires_grad and n not in ("logit_scale", "logit_bias")]
+    decay = [p for p in others if p.dim() >= 2]
+    no_decay = [p for p in others if p.dim() < 2]
+    log(f"optimizer: {len(decay)} decayed tensors ({sum(p.numel() for p in decay):,} params), "
+        f"{len(no_decay)} not decayed ({sum(p.numel() for p in no_decay):,}), logit scale/bias at {cfg.logit_lr_mult}x lr")
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay, "lr_mult": 1.0},
+        {"params": no_decay, "weight_decay": 0.0, "lr_mult": 1.0},
+        {"params": logit, "weight_decay": 0.0, "lr_mult": cfg.logit_lr_mult},
+    ]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
+
+
+def compute_losses(out, batch, cfg, rank_images):
+    """the loss terms of one step, as a dict of scalars (this rank's share of each global loss).
+
+    rank_images: every rank's image count (list); this rank's rows start at the sum of earlier ones.
+    """
+    rank, _ = losses.world_info()
+    offset = sum(rank_images[:rank])
+    t, b = out["logit_scale"], out["logit_bias"]
+    y_all, _ = losses.gather(out["text"])
+    terms = {"con": losses.siglip_loss(out["image"], y_all, t, b, offset)}
+    if cfg.loss == "c2lip":
+        c_all, _ = losses.gather(out["extra"])
+        owner_all = losses.gather_owners(batch["owner"], rank_images)
+        terms["npc"] = losses.concept_loss(out["image"], c_all, owner_all, t, b, offset)
+        terms["xac"] = losses.xattn_concept_loss(out["patch_tokens"], c_all, owner_all, t, b, offset,
+                                                 cfg.xac_temperature, cfg.xac_chunk)
+    return terms
+
+
+LOSS_WEIGHTS = {"con": lambda cfg: 1.0, "npc": lambda cfg: cfg.npc_weight, "xac": lambda cfg: cfg.xac_weight}
+
+
+def save_checkpoint(path, model, optimizer, cfg, tokenizer, step, extra=None):
+    """write to a temporary file, then rename: a crash mid-save leaves the previous checkpoint intact"""
+    ckpt = {
+        "format": "c2lip-degla-ckpt/1",
+        "model": model.state_dict(),
+        "model_config": asdict(model.cfg),
+        "config": asdict(cfg),
+        "tokenizer": tokenizer.state_dict(),
+        "step": step,
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "rng": {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
+                "python_version": random.getstate()[0], "python_gauss": random.getstate()[2]},
+    }
+    ckpt.update(extra or {})
+    tmp = path + ".tmp"
+    torch.save(ckpt, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path, map_location="cpu"):
+    """safe load (weights_only: no code runs from the file); clear errors for truncated or foreign files"""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise ValueError(f"cannot load checkpoint {path} (truncated, corrupt or not a weights-only file): {e}") from e
+    if not isinstance(ckpt, dict) or not str(ckpt.get("format", "")).startswith("c2lip-degla-ckpt/"):
+        raise ValueError(f"{path} is not a checkpoint of this project (no 'format' key); "
+                         f"import foreign checkpoints with the converter")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt):
+    """(model, tokenizer) from a loaded checkpoint dict"""
+    model = DualEncoder(ModelConfig(**ckpt["model_config"]))
+    model.load_state_dict(ckpt["model"])
+    return model, tokenizer_from_state_dict(ckpt["tokenizer"])
+
+# -----------------------------------------------------------------------------
+# data setup
+
+
+def build_data(cfg, mcfg, log=print):
+    """(dataset, tokenizer) for the configured source; adds concepts for C2LIP"""
+    if cfg.data == "world":
+        dataset = data.WorldDataset(cfg.world_scenes, cfg.seed, mcfg.image_size, cfg.min_objects, cfg.max_objects)
+        tokenizer = WordTokenizer(data.world_vocabulary(), mcfg.context_length)
+    else:
+        dataset = data.CaptionFileDataset(cfg.data, mcfg.image_size, train=True, image_key=cfg.image_key,
+                                          caption_key=cfg.caption_key, seed=cfg.seed)
+        tokenizer = None
+    annotations = {}
+    if cfg.loss == "c2lip":
+        import concepts
+        if cfg.concepts:
+            annotations["concepts"] = concepts.load_concept_cache(cfg.concepts, dataset.captions)
+        else:
+            t0 = time.time()
+            annotations["concepts"] = concepts.extract_concepts_batch(dataset.captions)
+            log(f"concepts: extracted for {len(dataset)} captions in {time.time() - t0:.1f}s "
+                f"with tagger {concepts.tagger_name()}")
+        n = [len(c) for c in annotations["concepts"]]
+        log(f"concepts: {sum(n) / len(n):.2f} per caption on average, max {max(n)}")
+    if tokenizer is None:  # word vocabulary of the user's captions and concepts, saved in the checkpoint
+        texts = dataset.captions + [p for c in annotations.get("concepts", []) for p in c]
+        tokenizer = WordTokenizer.build(texts, mcfg.context_length, min_count=2, max_size=mcfg.vocab_size - 3)
+    if annotations:
+        dataset = data.Annotated(dataset, **annotations)
+    return dataset, tokenizer
+
+# -----------------------------------------------------------------------------
+# main
+
+
+def main(cfg):
+    # distributed setup: torchrun sets RANK / WORLD_SIZE / LOCAL_RANK; plain python is world size 1
+    ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+    if ddp:
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    rank, world = losses.world_info()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    master = rank == 0
+    log = print if master else (lambda *a, **k: None)
+    if cfg.batch_size % world:
+        raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the world size {world}")
+    local_batch = cfg.batch_size // world
+    if cfg.loss not in ("siglip", "c2lip"):
+        raise ValueError(f"--loss={cfg.loss}: expected siglip or c2lip")
+
+    # model and tokenizer (from --init, --resume or fresh)
+    ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
+    resume_ckpt = load_checkpoint(ckpt_path) if cfg.resume and os.path.exists(ckpt_path) else None
+    init_ckpt = resume_ckpt or (load_checkpoint(cfg.init) if cfg.init else None)
+    if init_ckpt is not None:
+        mcfg = ModelConfig(**init_ckpt["model_config"])
+    else:
+        mcfg = model_config(cfg.model, **({"image_size": cfg.image_size} if cfg.image_size else {}))
+    torch.manual_seed(cfg.seed)  # same initial weights on every rank
+    random.seed(cfg.seed)
+    dataset, tokenizer = build_data(cfg, mcfg, log)
+    if init_ckpt is not None:
+        tokenizer = tokenizer_from_state_dict(init_ckpt["tokenizer"])
+    mcfg.vocab_size = tokenizer.vocab_size
+    model = DualEncoder(mcfg)
+    if init_ckpt is not None:
+        model.load_state_dict(init_ckpt["model"])
+    model.to(device)
+    log(f"model {cfg.model}: {model.num_params() / 1e6:.2f}M parameters, {model.visual.num_patches} patches, "
+        f"vocab {tokenizer.vocab_size}, context {mcfg.context_length}")
+    optimizer = configure_optimizer(model, cfg, log)
+    step = 0
+    if resume_ckpt is not None:
+        optimizer.load_state_dict(resume_ckpt["optimizer"])
+        step = resume_ckpt["step"]
+        log(f"resumed from {ckpt_path} at step {step}")
+    torch.manual_seed(cfg.seed + 1000 * rank + step)  # per-rank stream from here on
+
+    forward = torch.compile(model) if cfg.compile else model
+    if ddp:
+        forward = DDP(forward, device_ids=[local_rank] if use_cuda else None)
+    loader = data.make_loader(dataset, local_batch, data.Collate(tokenizer), rank, world, cfg.seed, cfg.workers)
+    steps_per_epoch = len(loader)
+    if steps_per_epoch == 0:
+        raise ValueError(f"{len(dataset)} records are fewer than one global batch of {cfg.batch_size}")
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_cuda and cfg.bf16)
+
+    if master:
+        os.makedirs(cfg.out_dir, exist_ok=True)
+        with open(os.path.join(cfg.out_dir, "config.json"), "w") as f:
+            json.dump({"config": asdict(cfg), "model": asdict(mcfg), "world_size": world,
+                       "torch": torch.__version__, "python": sys.version.split()[0]}, f, indent=2)
+        metrics_file = open(os.path.join(cfg.out_dir, "metrics.jsonl"), "a")
+    log(f"training {cfg.steps} steps, global batch {cfg.batch_size} on {world} rank(s) ({device}), "
+        f"{steps_per_epoch} steps per epoch")
+
+    def batches(start_step):
+        epoch, skip = divmod(start_step, steps_per_epoch)
+        while True:
+            loader.sampler.set_epoch(epoch)
+            loader.sampler.skip = skip * local_batch
+            if hasattr(dataset, "epoch"):
+                dataset.epoch = epoch
+            yield from loader
+            epoch, skip = epoch + 1, 0
+
+    model.train()
+    it = batches(step)
+    pbar = tqdm(total=cfg.steps, initial=step, disable=not master or not sys.stderr.isatty(), dynamic_ncols=True)
+    t_log, n_log = time.time(), 0
+    while step < cfg.steps:
+        lr = get_lr(step, cfg)
+        for g in optimizer.param_groups:
+            g["lr"] = lr * g["lr_mult"]
+        batch = next(it)
+        images, tokens = batch["images"].to(device, non_blocking=True), batch["tokens"].to(device, non_blocking=True)
+        extra = batch.get("concept_tokens")
+        with autocast:
+            out = forward(images, tokens, extra.to(device) if extra is not None else None,
+                          return_tokens=cfg.loss == "c2lip")
+            if "owner" in batch:
+                batch["owner"] = batch["owner"].to(device)
+            rank_images = losses.gather_sizes(images.shape[0], device)
+            terms = compute_losses(out, batch, cfg, rank_images)
+            loss = sum(LOSS_WEIGHTS[k](cfg) * v for k, v in terms.items())
+        # each rank holds its share of the global loss; x world so that DDP's gradient mean is the global gradient
+        (loss * world).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, cfg.max_logit_scale)
+        step += 1
+        n_log += images.shape[0] * world
+        pbar.update(1)
+
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            vals = torch.stack([loss.detach()] + [v.detach() for v in terms.values()]).float()
+            if ddp:
+                dist.all_reduce(vals)  # per-rank shares sum to the global losses
+            dt = time.time() - t_log
+            rec = {"step": step, "loss": vals[0].item(), **{k: vals[i + 1].item() for i, k in enumerate(terms)},
+                   "lr": lr, "t": model.logit_scale.exp().item(), "b": model.logit_bias.item(), "img_s": n_log / dt}
+            if master:
+                pbar.write(f"step {step:6d} | loss {rec['loss']:.4f} | " + " | ".join(f"{k} {rec[k]:.4f}" for k in terms)
+                           + f" | lr {lr:.2e} | t {rec['t']:.2f} b {rec['b']:.2f} | {rec['img_s']:.0f} img/s")
+                metrics_file.write(json.dumps(rec) + "\n")
+                metrics_file.flush()
+            t_log, n_log = time.time(), 0
+        if master and (step % cfg.ckpt_every == 0 or step == cfg.steps):
+            save_checkpoint(ckpt_path, model, optimizer, cfg, tokenizer, step)
+        if ddp and step % cfg.ckpt_every == 0:
+            dist.barrier()  # nobody runs ahead of a checkpoint being written
+    pbar.close()
+
+    if master and cfg.eval and cfg.data == "world":
+        import evaluate
+        model.eval()
+        results = evaluate.evaluate_world(model, tokenizer, seed=cfg.seed, n_scenes=cfg.eval_scenes,
+                                          image_size=mcfg.image_size, device=device)
+        evaluate.print_table(results)
+        with open(os.path.join(cfg.out_dir, "eval.json"), "w") as f:
+            json.dump(results, f, indent=2)
+        log(f"wrote {os.path.join(cfg.out_dir, 'eval.json')}")
+    if ddp:
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    try:
+        config = parse_args(sys.argv[1:])
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+    main(config)
