@@ -333,8 +333,11 @@ class _Sentence:
         matches, words, tags, spans = _analyse(caption.strip())
         self.words, self.tags, self.spans = words, tags, spans
         self.gaps = [""] + [caption.strip()[a.end():b.start()] for a, b in zip(matches, matches[1:])]
-        # a sentence-initial capital is not part of the word: lower it while words move, restore at render
-        self.capital = bool(words) and words[0][:1].isupper() and tags[0] not in ("NNP", "NNPS") and words[0] != "I"
+        # a sentence-initial capital is not part of the word: lower it while words move, restore at render.
+        # captions open with "A", "Two", "Dog" far more often than with a name (the tagger calls "Dog" NNP
+        # too), so any Title-case first word counts; acronyms ("TV") and "I" keep their case.
+        first = words[0] if words else ""
+        self.capital = first[:1].isupper() and first[1:] == first[1:].lower() and first != "I"
         if self.capital:
             self.words = [words[0][0].lower() + words[0][1:]] + words[1:]
         self.chunk_of = {i: c for c, (s, e) in enumerate(spans) for i in range(s, e)}
@@ -368,17 +371,19 @@ class _Sentence:
         return "".join(g + w for g, w in zip(gaps, words)).strip()
 
 
-def _fix_articles(words):
-    """a/an agree with the next word after a word changed ("a apple" -> "an apple")."""
+def _fix_articles(words, before):
+    """a/an agree with the next word where an edit made a new pair ("a apple" -> "an apple"); pairs
+    already in the caption (`before`, its words) stay as written."""
+    old_pairs = {(a.lower(), b.lower()) for a, b in zip(before, before[1:])}
     out = list(words)
     for i in range(len(out) - 1):
-        if out[i].lower() not in ("a", "an"):
+        art, nxt = out[i].lower(), out[i + 1].lower()
+        if art not in ("a", "an") or (art, nxt) in old_pairs:
             continue
-        nxt = out[i + 1].lower()
         vowel = nxt[:1] in tuple("aeiou") and not nxt.startswith(("uni", "use", "usu", "one", "eu"))
         vowel = vowel or nxt.startswith(("hour", "honest", "heir"))
-        art = "an" if vowel else "a"
-        out[i] = art.capitalize() if out[i][0].isupper() else art
+        new = "an" if vowel else "a"
+        out[i] = new.capitalize() if out[i][0].isupper() else new
     return out
 
 
@@ -427,7 +432,7 @@ def swap_nouns(sent, rng, vocab=None):
     i, j = sent.head(a), sent.head(b)
     words = list(sent.words)
     words[i], words[j] = sent.words[j], sent.words[i]
-    return sent.render(_fix_articles(words))
+    return sent.render(_fix_articles(words, sent.words))
 
 
 def swap_adjectives(sent, rng, vocab=None):
@@ -447,7 +452,7 @@ def swap_adjectives(sent, rng, vocab=None):
         i, j = rng.choice(swaps)
         words = list(sent.words)
         words[i], words[j] = sent.words[j], sent.words[i]
-        return sent.render(_fix_articles(words))
+        return sent.render(_fix_articles(words, sent.words))
     moves = [(i, b) for a in range(n) for i in adjs[a] for b in range(n)
              if b != a and not adjs[b] and sent.tags[sent.head(b)] in _NOUN_TAGS and changes_meaning(a, b)]
     if not moves:
@@ -465,7 +470,7 @@ def swap_adjectives(sent, rng, vocab=None):
     r = i + (k <= i)  # remove the moved adjective; the word after it keeps its own gap
     del words[r], gaps[r]
     gaps[0] = ""
-    return sent.render(_fix_articles(words), gaps)
+    return sent.render(_fix_articles(words, sent.words), gaps)
 
 
 def _options(table, word, vocab):
@@ -483,7 +488,7 @@ def replace_adjectives(sent, rng, vocab=None):
     i = rng.choice(cands)
     words = list(sent.words)
     words[i] = _same_case(rng.choice(_options(_ADJ_REPLACEMENTS, words[i].lower(), vocab)), words[i])
-    return sent.render(_fix_articles(words))
+    return sent.render(_fix_articles(words, sent.words))
 
 
 def _singular(word):
@@ -506,7 +511,7 @@ def replace_nouns(sent, rng, vocab=None):
         new = pluralize(new)
     words = list(sent.words)
     words[i] = _same_case(new, word)
-    return sent.render(_fix_articles(words))
+    return sent.render(_fix_articles(words, sent.words))
 
 
 NEGATIVE_TYPES = {
@@ -523,7 +528,7 @@ SLOT_CHAINS = (
     ("replace_adjectives", "replace_nouns", "reshuffle"),
     ("replace_nouns", "reshuffle"),
 )
-_TRIES = 4  # draws per type before falling back, for when a draw repeats an earlier negative
+_TRIES = 10  # draws per type before falling back, for when a draw repeats an earlier negative
 
 
 def hard_negatives(caption, k=4, seed=0, vocab=None):
