@@ -340,6 +340,8 @@ class _Sentence:
         self.capital = first[:1].isupper() and first[1:] == first[1:].lower() and first != "I"
         if self.capital:
             self.words = [words[0][0].lower() + words[0][1:]] + words[1:]
+            # the lexicon tags a capitalised "Dog" as a name; at the start it is the common noun
+            self.tags = [{"NNP": "NN", "NNPS": "NNS"}.get(tags[0], tags[0])] + tags[1:]
         self.chunk_of = {i: c for c, (s, e) in enumerate(spans) for i in range(s, e)}
 
     def head(self, c):
