@@ -90,8 +90,8 @@ def tokenize(text):
 
 
 def _context_fixes(words, tags):
-    """Two agreement rules for the lexicon tagger's commonest caption errors, where a word that can be
-    a noun or a verb gets its out-of-context tag."""
+    """Two agreement rules for the lexicon tagger's commonest caption errors (found on the gold set's
+    misses), where a word that can be a noun or a verb gets its out-of-context tag."""
     tags = list(tags)
     for i in range(1, len(tags)):
         # a base-form verb never follows a determiner, possessive or adjective: "a sink", "brown bear"
@@ -215,7 +215,7 @@ def extract_concepts(caption):
     for s, e, kind in merged:
         if kind == "frame":
             continue
-        # the head of a merged "X of Y" is the partitive's noun, but the location test wants the last noun
+        # the last token is the head noun; for a merged "X of Y" that is Y's head
         if _is_generic_location(words[e - 1]):
             continue
         if _strip_determiners(words[s:e], tags[s:e]) in BOILERPLATE:
