@@ -178,7 +178,7 @@ def preprocess(img, size, train=False, rng=None):
         x0, y0 = rng.randint(0, w - cw), rng.randint(0, h - ch)
         img = img.crop((x0, y0, x0 + cw, y0 + ch))
     img = img.resize((size, size), Image.BICUBIC)
-    return to_tensor(np.asarray(img))
+    return to_tensor(np.array(img))
 
 # -----------------------------------------------------------------------------
 # datasets: items are dicts {"image": (3, H, W), "caption": str, "index": int}

@@ -317,6 +317,7 @@ def main(cfg):
             epoch, skip = epoch + 1, 0
 
     model.train()
+    t_start = time.time()
     it = batches(step)
     pbar = tqdm(total=cfg.steps, initial=step, disable=not master or not sys.stderr.isatty(), dynamic_ncols=True)
     t_log, n_log = time.time(), 0
@@ -363,6 +364,7 @@ def main(cfg):
         if ddp and step % cfg.ckpt_every == 0:
             dist.barrier()  # nobody runs ahead of a checkpoint being written
     pbar.close()
+    log(f"trained to step {step} in {time.time() - t_start:.0f}s")
 
     if master and cfg.eval and cfg.data == "world":
         import evaluate

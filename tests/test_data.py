@@ -1,0 +1,108 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import data
+from model import WordTokenizer
+
+
+def test_world_is_deterministic_and_splits_differ():
+    a = data.make_world(20, seed=5)
+    b = data.make_world(20, seed=5)
+    assert np.array_equal(a[0], b[0]) and a[1] == b[1]
+    test = data.make_world(20, seed=5, split="test")
+    assert not np.array_equal(a[0], test[0])
+    other = data.make_world(20, seed=6)
+    assert a[1] != other[1]
+
+
+def test_world_captions_list_every_object():
+    images, captions, objects = data.make_world(50, seed=0)
+    assert images.shape == (50, 32, 32, 3) and images.dtype == np.uint8
+    for cap, objs in zip(captions, objects):
+        assert 2 <= len(objs) <= 3
+        assert len({o["cell"] for o in objs}) == len(objs)  # distinct cells
+        assert len({(o["colour"], o["shape"]) for o in objs}) == len(objs)
+        phrases = cap.replace(" and ", ", ").split(", ")
+        assert sorted(phrases) == sorted(data.object_phrase(o) for o in objs)
+
+
+def test_world_object_pixels_have_their_colour():
+    # a single-object scene: the brightest-object pixels are near the named colour
+    img, cap, objs = data.make_scene(0, 3, image_size=32, min_objects=1, max_objects=1)
+    ref = np.array(data.COLOURS[objs[0]["colour"]], dtype=np.float32)
+    dist = np.abs(img.astype(np.float32) - ref).sum(-1)
+    assert (dist < 60).sum() >= 20  # a large object, drawn in its colour
+
+
+def _fixture(tmp_path, fmt):
+    (tmp_path / "imgs").mkdir()
+    rows = []
+    for i, colour in enumerate([(255, 0, 0), (0, 0, 255), (0, 255, 0)]):
+        Image.new("RGB", (20, 12), colour).save(tmp_path / "imgs" / f"{i}.png")
+        rows.append({"image": f"imgs/{i}.png", "caption": f"caption number {i}"})
+    path = tmp_path / f"data.{fmt}"
+    if fmt == "jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    else:
+        path.write_text("image,caption\n" + "".join(f"{r['image']},{r['caption']}\n" for r in rows))
+    return path
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_caption_file_dataset(tmp_path, fmt):
+    ds = data.CaptionFileDataset(str(_fixture(tmp_path, fmt)), image_size=16, train=False)
+    assert len(ds) == 3 and ds.captions[1] == "caption number 1"
+    item = ds[0]
+    assert item["image"].shape == (3, 16, 16)
+    torch.testing.assert_close(item["image"][0], torch.ones(16, 16))  # red -> +1 after (x/255 - 0.5)/0.5
+    torch.testing.assert_close(item["image"][2], -torch.ones(16, 16))
+    train_ds = data.CaptionFileDataset(str(tmp_path / f"data.{fmt}"), image_size=16, train=True)
+    assert train_ds[1]["image"].shape == (3, 16, 16)
+
+
+def test_caption_file_errors_name_file_and_line(tmp_path):
+    p = tmp_path / "bad.jsonl"
+    p.write_text('{"image": "a.png", "caption": "ok"}\n{not json\n')
+    with pytest.raises(ValueError, match=r"bad.jsonl:2"):
+        data.read_records(str(p))
+    p.write_text('{"image": "a.png", "caption": "ok"}\n{"image": "b.png"}\n')
+    with pytest.raises(ValueError, match=r"bad.jsonl:2"):
+        data.read_records(str(p))
+    c = tmp_path / "bad.csv"
+    c.write_text("path,text\na.png,hello\n")
+    with pytest.raises(ValueError, match="no column 'image'"):
+        data.read_records(str(c))
+
+
+def test_corrupt_image_error_names_file(tmp_path):
+    (tmp_path / "x.png").write_bytes(b"not an image")
+    with pytest.raises(OSError, match="x.png"):
+        data.load_image(str(tmp_path / "x.png"))
+
+
+def test_collate_concepts_and_negatives():
+    tok = WordTokenizer(data.world_vocabulary(), 8)
+    ds = data.Annotated(data.WorldDataset(3, seed=0), concepts=[["a red circle"], ["a", "b"], ["c", "d", "e"]],
+                        negatives=[["n0", "n1"], ["n2", "n3"], ["n4", "n5"]])
+    batch = data.Collate(tok)([ds[i] for i in range(3)])
+    assert batch["images"].shape == (3, 3, 32, 32) and batch["tokens"].shape == (3, 8)
+    assert batch["owner"].tolist() == [0, 1, 1, 2, 2, 2]
+    assert batch["concept_tokens"].shape == (6, 8)
+    assert batch["negative_tokens"].shape == (6, 8)
+    with pytest.raises(ValueError, match="concepts"):
+        data.Annotated(data.WorldDataset(3, seed=0), concepts=[["x"]])
+
+
+def test_sampler_skip_resumes_the_same_order():
+    ds = data.WorldDataset(40, seed=0)
+    full = data.make_loader(ds, 4, data.Collate(WordTokenizer(data.world_vocabulary(), 8)), seed=1)
+    full.sampler.set_epoch(2)
+    order = [i for b in full for i in b["index"].tolist()]
+    part = data.make_loader(ds, 4, data.Collate(WordTokenizer(data.world_vocabulary(), 8)), seed=1)
+    part.sampler.set_epoch(2)
+    part.sampler.skip = 12
+    assert [i for b in part for i in b["index"].tolist()] == order[12:]
