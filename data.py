@@ -197,57 +197,107 @@ class WorldDataset(torch.utils.data.Dataset):
         return {"image": to_tensor(self.images[i]), "caption": self.captions[i], "index": i}
 
 
-def read_records(path, image_key="image", caption_key="caption"):
-    """JSONL or CSV -> list of (image path, caption); errors name the file and line"""
-    records = []
-    if path.endswith(".csv"):
-        with open(path, newline="", encoding="utf-8") as f:
+class BadRecord(ValueError):
+    """a record that cannot be used; the message names the file and line"""
+
+
+def _check_text(value, where, what):
+    if not isinstance(value, str):
+        raise BadRecord(f"{where}: {what} is not a string")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # surrogate escapes stand for undecodable bytes
+        raise BadRecord(f"{where}: {what} is not valid UTF-8") from None
+    return value
+
+
+def read_records(path, image_key="image", caption_key="caption", on_error="error"):
+    """JSONL or CSV -> (records [(line, image path, caption)], problems [{"file", "line", "reason"}]).
+
+    A malformed line, a missing key, invalid UTF-8, or an empty or whitespace caption raises BadRecord naming
+    the file and line (on_error="error"), or is left out and listed in problems (on_error="skip").
+    Captions are stripped; image paths are relative to the file.
+    """
+    if on_error not in ("error", "skip"):
+        raise ValueError(f"on_error must be 'error' or 'skip', got {on_error!r}")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"data file not found: {path}")
+    raw = []  # (line, image, caption) or (line, exception)
+    # undecodable bytes become surrogate escapes, so one bad line does not hide the rest of the file
+    with open(path, newline="" if path.endswith(".csv") else None, encoding="utf-8", errors="surrogateescape") as f:
+        if path.endswith(".csv"):
             reader = csv.DictReader(f)
             for key in (image_key, caption_key):
                 if reader.fieldnames is None or key not in reader.fieldnames:
                     raise ValueError(f"{path}: CSV header {reader.fieldnames} has no column {key!r}")
             for row in reader:
-                records.append((reader.line_num, row[image_key], row[caption_key]))
-    else:
-        with open(path, encoding="utf-8") as f:
+                if None in row or any(v is None for v in row.values()):
+                    raw.append((reader.line_num, BadRecord(f"{path}:{reader.line_num}: wrong number of CSV fields")))
+                else:
+                    raw.append((reader.line_num, row[image_key], row[caption_key]))
+        else:
             for line_num, line in enumerate(f, 1):
                 if not line.strip():
                     continue
                 try:
                     rec = json.loads(line)
                 except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{line_num}: not valid JSON ({e})") from e
+                    raw.append((line_num, BadRecord(f"{path}:{line_num}: not valid JSON ({e.msg})")))
+                    continue
                 if not isinstance(rec, dict) or image_key not in rec or caption_key not in rec:
-                    raise ValueError(f"{path}:{line_num}: record needs keys {image_key!r} and {caption_key!r}")
-                records.append((line_num, rec[image_key], rec[caption_key]))
+                    raw.append((line_num, BadRecord(f"{path}:{line_num}: record needs keys {image_key!r} and {caption_key!r}")))
+                    continue
+                raw.append((line_num, rec[image_key], rec[caption_key]))
     root = os.path.dirname(os.path.abspath(path))
-    out = []
-    for line_num, image, caption in records:
-        if not isinstance(caption, str) or not caption.strip():
-            raise ValueError(f"{path}:{line_num}: empty caption")
-        out.append((os.path.join(root, image), caption.strip()))
-    if not out:
-        raise ValueError(f"{path}: no records")
-    return out
+    records, problems = [], []
+    for entry in raw:
+        line_num = entry[0]
+        try:
+            if isinstance(entry[1], BadRecord):
+                raise entry[1]
+            where = f"{path}:{line_num}"
+            image = _check_text(entry[1], where, "image path")
+            caption = _check_text(entry[2], where, "caption").strip()
+            if not caption:
+                raise BadRecord(f"{where}: empty caption")
+            records.append((line_num, os.path.join(root, image), caption))
+        except BadRecord as e:
+            if on_error == "error":
+                raise
+            problems.append({"file": path, "line": line_num, "reason": str(e)})
+    if not records:
+        raise ValueError(f"{path}: no usable records ({len(problems)} bad)")
+    return records, problems
 
 
 class CaptionFileDataset(torch.utils.data.Dataset):
-    """a user's image-caption file (JSONL or CSV), images relative to the file"""
+    """a user's image-caption file (JSONL or CSV), images relative to the file.
 
-    def __init__(self, path, image_size, train=True, image_key="image", caption_key="caption", seed=0):
-        self.path, self.image_size, self.train, self.seed = path, image_size, train, seed
-        self.records = read_records(path, image_key, caption_key)
-        self.captions = [c for _, c in self.records]
+    With on_error="skip", bad records are left out at load time (listed in .problems), and an image that
+    cannot be read at training time yields an item {"skip": reason, "index": i} that Collate drops and reports.
+    """
+
+    def __init__(self, path, image_size, train=True, image_key="image", caption_key="caption", seed=0,
+                 on_error="error"):
+        self.path, self.image_size, self.train, self.seed, self.on_error = path, image_size, train, seed, on_error
+        self.records, self.problems = read_records(path, image_key, caption_key, on_error)
+        self.captions = [c for _, _, c in self.records]
         self.epoch = 0
 
     def __len__(self):
         return len(self.records)
 
     def __getitem__(self, i):
-        image_path, caption = self.records[i]
+        line_num, image_path, caption = self.records[i]
         rng = random.Random(zlib.crc32(f"{self.seed}:{self.epoch}:{i}".encode()))  # crops reproducible per epoch
-        image = preprocess(load_image(image_path), self.image_size, self.train, rng)
+        try:
+            image = preprocess(load_image(image_path), self.image_size, self.train, rng)
+        except OSError as e:
+            if self.on_error == "error":
+                raise OSError(f"{self.path}:{line_num}: {e}") from e
+            return {"skip": f"{self.path}:{line_num}: {e}", "index": i}
         return {"image": image, "caption": caption, "index": i}
+
 
 class Annotated(torch.utils.data.Dataset):
     """adds per-record lists to a dataset's items: concepts=[[str]] (C2LIP), negatives=[[str]] (DeGLA)"""
@@ -264,6 +314,8 @@ class Annotated(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         item = self.dataset[i]
+        if "skip" in item:
+            return item
         item.update({name: values[i] for name, values in self.annotations.items()})
         return item
 
@@ -280,8 +332,13 @@ class Collate:
         self.tokenizer = tokenizer
 
     def __call__(self, items):
+        skipped = [{"index": it["index"], "reason": it["skip"]} for it in items if "skip" in it]
+        items = [it for it in items if "skip" not in it]
         captions = [it["caption"] for it in items]
+        if not items:  # every image of this rank's batch was unreadable
+            return {"images": None, "captions": [], "skipped": skipped, "index": torch.zeros(0, dtype=torch.long)}
         batch = {
+            "skipped": skipped,
             "images": torch.stack([it["image"] for it in items]),
             "tokens": self.tokenizer.encode(captions),
             "captions": captions,
