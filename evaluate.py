@@ -281,8 +281,8 @@ def selection(img, txt, strict=True, chunk=4096):
 
 def selection_metrics(text_ok, image_ok):
     """CLIP_benchmark keys: acc = both directions right, text_acc = image->text, image_acc = text->image"""
-    return {"acc": (text_ok & image_ok).float().mean().item(), "text_acc": text_ok.float().mean().item(),
-            "image_acc": image_ok.float().mean().item()}
+    return {"acc": (text_ok & image_ok).double().mean().item(), "text_acc": text_ok.double().mean().item(),
+            "image_acc": image_ok.double().mean().item()}
 
 
 def result(dataset, task, metrics, n, **protocol):
@@ -325,7 +325,7 @@ def eval_sugarcrepe(enc, folder, image_root, check_counts=True, prefix="sugar_cr
         out.append(result(f"{prefix}/{sub}", "image_caption_selection", metrics, n, ties="wrong"))
     if prefix == "sugar_crepe":
         present = [s for s in SUGARCREPE_COUNTS if s in acc]
-        if len(present) < len(SUGARCREPE_COUNTS):
+        if check_counts and len(present) < len(SUGARCREPE_COUNTS):
             print(f"warning: {folder}: only {len(present)} of the 7 SugarCrepe subsets present")
         groups = {g: [s for s in members if s in acc] for g, members in SUGARCREPE_GROUPS.items()}
         metrics = {g: mean(acc[s] for s in members) for g, members in groups.items() if members}
@@ -361,8 +361,8 @@ def eval_sugarcrepe_pp(enc, folder, image_root, check_counts=True):
         ip2 = selection(img, torch.stack([p2, neg], 1))[0]
         tot1 = selection(p1[:, None], torch.stack([p2, neg], 1))[0]  # cos(P1, P2) > cos(P1, N)
         tot2 = selection(p2[:, None], torch.stack([p1, neg], 1))[0]  # cos(P2, P1) > cos(P2, N)
-        m = {"itt": (ip1 & ip2).float().mean().item(), "tot": (tot1 & tot2).float().mean().item(),
-             "i_p1_n": ip1.float().mean().item(), "i_p2_n": ip2.float().mean().item()}
+        m = {"itt": (ip1 & ip2).double().mean().item(), "tot": (tot1 & tot2).double().mean().item(),
+             "i_p1_n": ip1.double().mean().item(), "i_p2_n": ip2.double().mean().item()}
         per[sub] = m
         out.append(result(f"sugar_crepe_pp/{sub}", "image_caption_selection", m, len(records), ties="wrong"))
     summary = {}
@@ -415,7 +415,7 @@ def score_vg(enc, path, image_root, kind, min_count=25, check_counts=True):
     else:
         macro, k = _grouped_accuracy(correct, groups, lambda g, n: n >= min_count)
         rule = f"mean over {k} attribute pairs 'a0_a1' with >= {min_count} records"
-    metrics = {"macro_acc": macro, "micro_acc": correct.float().mean().item()}
+    metrics = {"macro_acc": macro, "micro_acc": correct.double().mean().item()}
     return result(f"aro/vg_{kind}", "image_caption_selection", metrics, len(records), macro=rule, ties="wrong"), macro
 
 # ARO-Order perturbations, our offline implementation of the official spaCy/NLTK ones
@@ -502,7 +502,7 @@ def score_order(enc, path, image_root, name, official_images=None, seed=1, check
         options += [pre_caption(c)] + [pre_caption(f) for f in order_perturbations(c, rng)]
     img = enc.images([refs[i] for i in owner], desc=name)[:, None]
     txt = enc.texts(options, desc=name).view(len(captions), 5, -1)
-    p1 = selection(img, txt, strict=False)[0].float().mean().item()
+    p1 = selection(img, txt, strict=False)[0].double().mean().item()
     return result(f"aro/{name}", "image_caption_selection", {"precision@1": p1}, len(captions),
                   perturbations="ARO-Order protocol, our perturbation implementation (regex tokenizer, "
                                 f"textblob PatternTagger PTB tags, random.Random({seed}))",
@@ -561,7 +561,7 @@ def eval_valse(enc, root, check_counts=True, image_roots=None):
         if not refs:
             raise ValueError(f"{path}: no record has mturk.caption >= 2")
         text_ok, _ = selection(enc.images(refs, desc=f)[:, None], enc.texts(texts, desc=f).view(len(refs), 2, -1))
-        acc[f] = text_ok.float().mean().item()
+        acc[f] = text_ok.double().mean().item()
         out.append(result(f"valse/{f}", "image_caption_selection", {"acc_r": acc[f]}, len(refs),
                           records_in_file=len(records), filter="mturk.caption >= 2", ties="wrong"))
     summary = {"mean": mean(acc.values())}
@@ -646,9 +646,9 @@ def classification_metrics(logits, labels):
     """top-1, top-5 (NaN below 5 classes) and mean per-class recall; a class tied with the true one ranks above it"""
     true = logits.gather(1, labels[:, None])
     rank = (logits >= true).sum(1) - 1  # other classes scoring at least as high
-    recall = [(rank[labels == c] < 1).float().mean().item() for c in labels.unique().tolist()]
-    return {"acc1": (rank < 1).float().mean().item(),
-            "acc5": (rank < 5).float().mean().item() if logits.shape[1] >= 5 else float("nan"),
+    recall = [(rank[labels == c] < 1).double().mean().item() for c in labels.unique().tolist()]
+    return {"acc1": (rank < 1).double().mean().item(),
+            "acc5": (rank < 5).double().mean().item() if logits.shape[1] >= 5 else float("nan"),
             "mean_per_class_recall": mean(recall)}
 
 
@@ -739,8 +739,8 @@ def retrieval_metrics(img, txt, owner, ks=(1, 5, 10), chunk=1024):
         rank_t2i[c0:c0 + chunk] = (s >= true).sum(1) - 1
     out = {}
     for k in ks:
-        out[f"image_retrieval_recall@{k}"] = (rank_t2i < k).float().mean().item()
-        out[f"text_retrieval_recall@{k}"] = (rank_i2t < k).float().mean().item()
+        out[f"image_retrieval_recall@{k}"] = (rank_t2i < k).double().mean().item()
+        out[f"text_retrieval_recall@{k}"] = (rank_i2t < k).double().mean().item()
     return out
 
 
