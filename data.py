@@ -375,6 +375,104 @@ def make_loader(dataset, batch_size, collate, rank=0, world_size=1, seed=0, work
                                        num_workers=workers, drop_last=True, persistent_workers=workers > 0)
 
 
+def export_world(root, n_scenes=1000, seed=0, image_size=32):
+    """Write held-out scenes of the world in the official benchmark file formats, so that evaluate.py
+    scores the world with the same readers and scorers as the real benchmarks. Layout under root:
+
+        coco/val2017/%012d.png        two-object scenes (distinct colours and shapes), one flat folder like COCO's
+        sugarcrepe/<subset>.json      SugarCrepe dicts {"0": {filename, caption, negative_caption}} for
+                                      replace_att, replace_obj, swap_att, swap_obj, add_att, add_obj
+        binding/concept_binding.json  same shape: "a red circle" vs "a blue circle", blue = the other object's colour
+        zeroshot/world_shape/<shape>/*.png, zeroshot/world_colour_shape/<colour>_<shape>/*.png  single objects,
+                                      plus zeroshot/classnames.json and zeroshot/templates.json
+        retrieval/world.json          Karpathy-style, split "test", one long caption a scene; images in retrieval/world_images/
+
+    The captions list objects without relations, so swap_obj ("a red square and a blue circle" for a red circle
+    and a blue square) names the same two objects as swap_att in another order: both test binding, not syntax.
+    Held-out scenes come from the test seed stream (+3 single objects, +7 pairs). Returns root.
+    """
+    base = seed + TEST_SEED_OFFSET
+    rng = random.Random(seed)  # picks the edits; a pure function of seed
+    dirs = {k: os.path.join(root, k) for k in ("coco/val2017", "sugarcrepe", "binding", "zeroshot", "retrieval/world_images")}
+    for d in dirs.values():
+        os.makedirs(d, exist_ok=True)
+
+    def dump(obj, path):
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=1)
+
+    def bare(o):  # the object without its colour
+        return f"{article(o['shape'])} {o['shape']}"
+
+    def both(first, second):
+        return f"{first} and {second}"
+
+    # two-object scenes -> SugarCrepe-style subsets and the concept-binding test
+    subsets = {k: {} for k in ("replace_att", "replace_obj", "swap_att", "swap_obj", "add_att", "add_obj")}
+    binding, index, kept = {}, 0, 0
+    while kept < n_scenes:
+        img, _, objs = make_scene(base + 7, index, image_size, 2, 2)
+        index += 1
+        a, b = objs
+        if a["colour"] == b["colour"] or a["shape"] == b["shape"]:
+            continue
+        name = f"{kept:012d}.png"
+        Image.fromarray(img).save(os.path.join(dirs["coco/val2017"], name))
+        kept += 1
+        colour = rng.choice([c for c in COLOURS if c not in (a["colour"], b["colour"])])  # absent from the scene
+        shape = rng.choice([s for s in SHAPES if s not in (a["shape"], b["shape"])])
+        k = rng.randrange(2)  # which object an edit touches
+        edit = lambda **kw: [{**o, **kw} if j == k else o for j, o in enumerate(objs)]
+        pairs = {
+            "replace_att": edit(colour=colour),
+            "replace_obj": edit(shape=shape),
+            "swap_att": [{**a, "colour": b["colour"]}, {**b, "colour": a["colour"]}],
+            "swap_obj": [{**a, "shape": b["shape"]}, {**b, "shape": a["shape"]}],
+        }
+        caption = both(object_phrase(a), object_phrase(b))
+        for sub, neg in pairs.items():
+            subsets[sub][str(len(subsets[sub]))] = dict(
+                filename=name, caption=caption, negative_caption=both(object_phrase(neg[0]), object_phrase(neg[1])))
+        # add_obj: a third, absent object; add_att: a wrong colour on an object the positive leaves bare
+        subsets["add_obj"][str(len(subsets["add_obj"]))] = dict(
+            filename=name, caption=caption,
+            negative_caption=list_phrases([object_phrase(a), object_phrase(b), object_phrase(dict(colour=colour, shape=shape))]))
+        phr = [object_phrase(a), object_phrase(b)]
+        pos, neg = list(phr), list(phr)
+        pos[k], neg[k] = bare(objs[k]), object_phrase({**objs[k], "colour": colour})
+        subsets["add_att"][str(len(subsets["add_att"]))] = dict(filename=name, caption=both(*pos), negative_caption=both(*neg))
+        for o, other in ((a, b), (b, a)):
+            binding[str(len(binding))] = dict(filename=name, caption=object_phrase(o),
+                                              negative_caption=object_phrase({**o, "colour": other["colour"]}))
+    for sub, records in subsets.items():
+        dump(records, os.path.join(dirs["sugarcrepe"], f"{sub}.json"))
+    dump(binding, os.path.join(dirs["binding"], "concept_binding.json"))
+
+    # single-object scenes -> two image folders (by shape; by colour + shape), every class folder made even if empty
+    folders = {"world_shape": lambda o: o["shape"], "world_colour_shape": lambda o: f"{o['colour']}_{o['shape']}"}
+    classes = {"world_shape": sorted(SHAPES), "world_colour_shape": sorted(f"{c}_{s}" for c in COLOURS for s in SHAPES)}
+    for ds, names in classes.items():
+        for c in names:
+            os.makedirs(os.path.join(dirs["zeroshot"], ds, c), exist_ok=True)
+    for i in range(n_scenes):
+        img, _, (o,) = make_scene(base + 3, i, image_size, 1, 1)
+        for ds, cls in folders.items():
+            Image.fromarray(img).save(os.path.join(dirs["zeroshot"], ds, cls(o), f"{i:06d}.png"))
+    dump({ds: [c.replace("_", " ") for c in names] for ds, names in classes.items()},
+         os.path.join(dirs["zeroshot"], "classnames.json"))
+    dump({ds: ["a photo of a {c}", "a {c}", "a {c} shape"] for ds in classes}, os.path.join(dirs["zeroshot"], "templates.json"))
+
+    # retrieval: every held-out scene with its long caption
+    images, captions, _ = make_world(n_scenes, seed, image_size, split="test")
+    entries = []
+    for i, (img, cap) in enumerate(zip(images, captions)):
+        Image.fromarray(img).save(os.path.join(dirs["retrieval/world_images"], f"{i:06d}.png"))
+        entries.append(dict(filepath="world_images", filename=f"{i:06d}.png", imgid=i, split="test", sentids=[i],
+                            sentences=[dict(tokens=cap.replace(",", "").split(), raw=cap, imgid=i, sentid=i)]))
+    dump({"dataset": "world", "images": entries}, os.path.join(root, "retrieval", "world.json"))
+    return root
+
+
 if __name__ == "__main__":
     import argparse
     from PIL import ImageFont
