@@ -179,14 +179,14 @@ def test_order_preprocessing_and_perturbations():
     assert ev.order_perturbations(cap, random.Random(1)) == ev.order_perturbations(cap, random.Random(1))
 
 
-def test_order_ties_go_to_the_true_caption(enc, tmp_path):
-    # a bag-of-colours model cannot tell a caption from its shuffles: all five options tie, and the official
-    # argmax gives the tie to index 0 (the true caption); a caption naming the wrong colour still loses nothing
+def test_order_ties_are_wrong(enc, tmp_path):
+    # a bag-of-colours model cannot tell a caption from its shuffles: all five options tie, and a tie is wrong
+    # (the official argmax would give it to index 0, the true caption, and score this model 100%)
     png(str(tmp_path / "flickr30k/flickr30k-images/1.jpg"), "red")
     dump([{"image": "flickr30k-images/1.jpg", "caption": ["A red cube on a blue ball.", "The green thing."]}],
          str(tmp_path / "retrieval/flickr30k_test.json"))
     m = metrics_of(ev.eval_aro(enc, str(tmp_path)), "aro/flickr_order")
-    assert m == {"precision@1": 1.0}
+    assert m == {"precision@1": 0.0}
 
 # -----------------------------------------------------------------------------
 # VALSE and Winoground
