@@ -147,13 +147,14 @@ def hf_config_from_model_config(cfg):
     text = dict(model_type="siglip_text_model", vocab_size=cfg.vocab_size, hidden_size=cfg.text_width,
                 intermediate_size=round(cfg.text_width * cfg.mlp_ratio), num_hidden_layers=cfg.text_depth,
                 num_attention_heads=cfg.text_heads, max_position_embeddings=cfg.context_length, hidden_act=act,
-                layer_norm_eps=cfg.ln_eps, projection_size=cfg.embed_dim)
+                layer_norm_eps=cfg.ln_eps, projection_size=cfg.embed_dim,
+                pad_token_id=1, bos_token_id=None, eos_token_id=1)  # SigLIP: pad = EOS = 1, no BOS (unused by the model)
     vision = dict(model_type="siglip_vision_model", hidden_size=cfg.width,
                   intermediate_size=round(cfg.width * cfg.mlp_ratio), num_hidden_layers=cfg.depth,
                   num_attention_heads=cfg.heads, num_channels=3, image_size=cfg.image_size,
                   patch_size=cfg.patch_size, hidden_act=act, layer_norm_eps=cfg.ln_eps, vision_use_head=True)
     return dict(architectures=["SiglipModel"], model_type="siglip", text_config=text, vision_config=vision,
-                initializer_factor=1.0, torch_dtype="float32")
+                initializer_factor=1.0)
 
 
 HF_TOWER = {"visual": "vision_model", "text": "text_model"}
