@@ -273,8 +273,9 @@ def from_openclip(oc_sd, cfg):
     return out
 
 
-def model_config_from_openclip(sd, heads=0, text_heads=0):
-    """a bare state dict carries no config: read sizes from the shapes; head counts from SIGLIP_HEADS or given"""
+def model_config_from_openclip(sd, heads=0, text_heads=0, image_size=0):
+    """a bare state dict carries no config: sizes from the shapes; head counts from SIGLIP_HEADS or given;
+    image_size only when the patch grid does not fill it (so400m/14: 27 x 14 = 378 of 384 pixels)"""
     need = ["visual.trunk.pos_embed", "visual.trunk.patch_embed.proj.weight", "visual.trunk.blocks.0.mlp.fc1.weight",
             "text.positional_embedding", "text.token_embedding.weight", "text.text_projection.weight"]
     missing = [k for k in need if k not in sd]
@@ -288,13 +289,15 @@ def model_config_from_openclip(sd, heads=0, text_heads=0):
     context, text_width = sd["text.positional_embedding"].shape
     depth = len({m.group(1) for k in sd for m in [re.match(r"visual\.trunk\.blocks\.(\d+)\.", k)] if m})
     text_depth = len({m.group(1) for k in sd for m in [re.match(r"text\.transformer\.resblocks\.(\d+)\.", k)] if m})
+    if image_size and image_size // patch != grid:
+        raise ValueError(f"--image_size={image_size} does not give the weights' {grid} x {grid} patch grid")
     heads = heads or SIGLIP_HEADS.get(width)
     text_heads = text_heads or SIGLIP_HEADS.get(text_width)
     if not heads or not text_heads:
         raise ValueError(f"cannot tell the head counts of widths {width}/{text_width} from the weights: "
                          f"pass --heads= and --text_heads=")
     return ModelConfig(
-        image_size=grid * patch, patch_size=patch, width=width, depth=depth, heads=heads,
+        image_size=image_size or grid * patch, patch_size=patch, width=width, depth=depth, heads=heads,
         text_width=text_width, text_depth=text_depth, text_heads=text_heads, context_length=context,
         vocab_size=sd["text.token_embedding.weight"].shape[0], embed_dim=sd["text.text_projection.weight"].shape[0],
         mlp_ratio=sd["visual.trunk.blocks.0.mlp.fc1.weight"].shape[0] / width,
@@ -317,7 +320,7 @@ def _check_shapes(sd, cfg, source):
         raise ValueError(f"{source}: tensor shapes disagree with its config ({len(bad)}), e.g. {bad[:3]}")
 
 
-def load_foreign(src, fmt, heads=0, text_heads=0):
+def load_foreign(src, fmt, heads=0, text_heads=0, image_size=0):
     """a foreign checkpoint -> (our state dict in float32, ModelConfig)"""
     if fmt == "hf":
         if not os.path.isdir(src):
@@ -334,7 +337,7 @@ def load_foreign(src, fmt, heads=0, text_heads=0):
                 raise FileNotFoundError(f"no {' or '.join(names)} in {src}")
             path = found[0]
         oc = read_tensor_file(path)
-        cfg = model_config_from_openclip(oc, heads, text_heads)
+        cfg = model_config_from_openclip(oc, heads, text_heads, image_size)
         sd = from_openclip(oc, cfg)
     else:
         raise ValueError(f"--format={fmt}: expected hf or openclip")
@@ -352,10 +355,10 @@ def find_tokenizer(src, tokenizer):
                             f"(SigLIP's SentencePiece model, e.g. from google/siglip-base-patch16-224)")
 
 
-def import_checkpoint(src, fmt, out, tokenizer="", heads=0, text_heads=0):
+def import_checkpoint(src, fmt, out, tokenizer="", heads=0, text_heads=0, image_size=0):
     """foreign weights (+ spiece.model) -> a project checkpoint at out; returns (model, tokenizer)"""
     from train import Config, save_checkpoint  # here, so the mapping functions above import without train's deps
-    sd, cfg = load_foreign(src, fmt, heads, text_heads)
+    sd, cfg = load_foreign(src, fmt, heads, text_heads, image_size)
     tok = SentencePieceTokenizer.from_file(find_tokenizer(src, tokenizer), cfg.context_length)
     if tok.vocab_size != cfg.vocab_size:
         raise ValueError(f"tokenizer has {tok.vocab_size} pieces but the model's vocabulary is {cfg.vocab_size}")
@@ -402,14 +405,15 @@ def export_checkpoint(ckpt_path, fmt, out_dir):
 
 USAGE = """usage:
   python convert.py import --src=DIR_OR_FILE --format=hf|openclip --out=ckpt.pt [--tokenizer=spiece.model]
-                           [--heads=N --text_heads=N]   (openclip, for widths outside the released sizes)
+                           [--heads=N --text_heads=N]   (openclip: widths outside the released sizes)
+                           [--image_size=N]             (openclip: when the patch grid leaves pixels over)
   python convert.py export --ckpt=ckpt.pt --format=hf|openclip --out=DIR"""
 
 
 def main(argv):
     if not argv or argv[0] not in ("import", "export"):
         sys.exit(USAGE)
-    known = {"import": {"src", "format", "out", "tokenizer", "heads", "text_heads"},
+    known = {"import": {"src", "format", "out", "tokenizer", "heads", "text_heads", "image_size"},
              "export": {"ckpt", "format", "out"}}[argv[0]]
     opts = {}
     for arg in argv[1:]:
@@ -425,7 +429,8 @@ def main(argv):
     try:
         if argv[0] == "import":
             model, tok = import_checkpoint(opts["src"], opts["format"], opts["out"], opts.get("tokenizer", ""),
-                                           int(opts.get("heads", 0)), int(opts.get("text_heads", 0)))
+                                           int(opts.get("heads", 0)), int(opts.get("text_heads", 0)),
+                                           int(opts.get("image_size", 0)))
             print(f"wrote {opts['out']}: {model.num_params() / 1e6:.2f}M parameters, "
                   f"t = {model.logit_scale.exp().item():.3f}, b = {model.logit_bias.item():.3f}, "
                   f"vocab {tok.vocab_size}, context {tok.context_length}")

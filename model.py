@@ -271,7 +271,7 @@ class MAPHead(nn.Module):
 class VisionTower(nn.Module):
     def __init__(self, cfg):
         super().__init__()
-        assert cfg.image_size % cfg.patch_size == 0
+        # the stride-P conv drops a remainder, as timm and HF do (so400m/14 at 384 px: 27 x 27 patches)
         self.num_patches = (cfg.image_size // cfg.patch_size) ** 2
         self.patch_embed = nn.Conv2d(3, cfg.width, cfg.patch_size, stride=cfg.patch_size)
         self.pos_embed = nn.Parameter(torch.zeros(1, self.num_patches, cfg.width))

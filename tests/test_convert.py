@@ -4,6 +4,7 @@ import io
 import os
 import subprocess
 import sys
+from dataclasses import asdict
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ spm = pytest.importorskip("sentencepiece")
 pytest.importorskip("safetensors")
 
 import convert
-from model import DualEncoder, SentencePieceTokenizer, canonicalize, model_config, tokenizer_from_state_dict
+from model import DualEncoder, ModelConfig, SentencePieceTokenizer, canonicalize, model_config, tokenizer_from_state_dict
 from train import load_checkpoint, model_from_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -314,3 +315,29 @@ def test_imported_checkpoint_fine_tunes_and_evaluates(spiece, tmp_path):
     assert os.path.exists(tmp_path / "run" / "eval.json")
     before = load_checkpoint(ckpt)["model"]
     assert not torch.equal(tuned["model"]["text.token_embedding.weight"], before["text.token_embedding.weight"])
+
+
+@pytest.mark.parametrize("name,text,vision", [
+    ("B/16", {}, {}),  # google/siglip-base-patch16-224: transformers' defaults
+    ("so400m/14@384", dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16),
+     dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16, image_size=384,
+          patch_size=14)),
+])
+def test_full_size_names_and_shapes(name, text, vision):
+    # released sizes on the meta device (no memory, no download): every HF tensor has its place, shapes agree
+    hf_cfg = transformers.SiglipConfig(text_config=text, vision_config=vision)
+    with torch.device("meta"):
+        hf_shapes = {k: v.shape for k, v in transformers.SiglipModel(hf_cfg).state_dict().items()}
+        cfg = convert.model_config_from_hf(hf_cfg.to_dict())
+        ours = DualEncoder(cfg).state_dict()
+    mapped = convert.to_hf(ours, cfg)
+    assert {k: v.shape for k, v in mapped.items()} == hf_shapes
+    oc = convert.to_openclip(ours)
+    # a bare OpenCLIP state dict knows the patch grid, not the pixels: 27 x 14 = 378 for so400m's 384
+    grid_pixels = cfg.image_size // cfg.patch_size * cfg.patch_size
+    assert convert.model_config_from_openclip(oc) == ModelConfig(**{**asdict(cfg), "act": "gelu", "image_size": grid_pixels})
+    assert convert.model_config_from_openclip(oc, image_size=cfg.image_size) == ModelConfig(**{**asdict(cfg), "act": "gelu"})
+    if name == "B/16":  # METHOD.md 1.2
+        assert oc["visual.trunk.pos_embed"].shape == (1, 196, 768) and oc["text.positional_embedding"].shape == (64, 768)
+        assert oc["text.transformer.resblocks.0.attn.in_proj_weight"].shape == (2304, 768)
+        assert oc["visual.trunk.attn_pool.kv.weight"].shape == (1536, 768) and oc["logit_scale"].shape == ()
