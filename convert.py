@@ -8,7 +8,8 @@ Two foreign layouts, both of the same network (../shared/METHOD.md 1.2):
             .safetensors file, or a directory holding open_clip_model.safetensors / open_clip_pytorch_model.bin
 
     python convert.py import --src=siglip-base-patch16-224 --format=hf --out=siglip_b16.pt
-    python convert.py import --src=open_clip_pytorch_model.bin --format=openclip --tokenizer=spiece.model --out=siglip_b16.pt
+    python convert.py import --src=open_clip_pytorch_model.bin --format=openclip --tokenizer=spiece.model \
+        --out=siglip_b16.pt
     python convert.py export --ckpt=runs/default/ckpt.pt --format=hf --out=exported_hf
     python convert.py export --ckpt=runs/default/ckpt.pt --format=openclip --out=exported_openclip
 
@@ -123,7 +124,8 @@ def model_config_from_hf(hf):
     if t["layer_norm_eps"] != v["layer_norm_eps"]:
         problems.append(f"layer-norm eps text {t['layer_norm_eps']} vs vision {v['layer_norm_eps']}")
     if t["hidden_act"] != v["hidden_act"] or t["hidden_act"] not in HF_ACTS:
-        problems.append(f"activations text {t['hidden_act']!r}, vision {v['hidden_act']!r} (need one of {list(HF_ACTS)})")
+        problems.append(f"activations text {t['hidden_act']!r}, vision {v['hidden_act']!r} "
+                        f"(need one of {list(HF_ACTS)})")
     if not v["vision_use_head"]:
         problems.append("vision_use_head is false (no MAP head)")
     if v["num_channels"] != 3:
@@ -148,7 +150,7 @@ def hf_config_from_model_config(cfg):
                 intermediate_size=round(cfg.text_width * cfg.mlp_ratio), num_hidden_layers=cfg.text_depth,
                 num_attention_heads=cfg.text_heads, max_position_embeddings=cfg.context_length, hidden_act=act,
                 layer_norm_eps=cfg.ln_eps, projection_size=cfg.embed_dim,
-                pad_token_id=1, bos_token_id=None, eos_token_id=1)  # SigLIP: pad = EOS = 1, no BOS (unused by the model)
+                pad_token_id=1, bos_token_id=None, eos_token_id=1)  # SigLIP's ids (the model does not read them)
     vision = dict(model_type="siglip_vision_model", hidden_size=cfg.width,
                   intermediate_size=round(cfg.width * cfg.mlp_ratio), num_hidden_layers=cfg.depth,
                   num_attention_heads=cfg.heads, num_channels=3, image_size=cfg.image_size,

@@ -15,7 +15,8 @@ spm = pytest.importorskip("sentencepiece")
 pytest.importorskip("safetensors")
 
 import convert
-from model import DualEncoder, ModelConfig, SentencePieceTokenizer, canonicalize, model_config, tokenizer_from_state_dict
+from model import (DualEncoder, ModelConfig, SentencePieceTokenizer, canonicalize, model_config,
+                   tokenizer_from_state_dict)
 from train import load_checkpoint, model_from_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -230,8 +231,8 @@ def test_sentencepiece_matches_siglip_tokenizer(spiece):
     assert ids[1].tolist() == ours.sp.encode("two dogs") + [1] * (8 - len(ours.sp.encode("two dogs")))
     # the one documented difference: HF deletes '_', big_vision/OpenCLIP (and we) make it a space
     assert canonicalize("hot_dog stand") == "hot dog stand"
-    assert torch.equal(ours.encode(["hotdog stand"]), hf(["hot_dog stand"], padding="max_length", truncation=True, max_length=8,
-                                                        return_tensors="pt")["input_ids"])
+    ref = hf(["hot_dog stand"], padding="max_length", truncation=True, max_length=8, return_tensors="pt")["input_ids"]
+    assert torch.equal(ours.encode(["hotdog stand"]), ref)
 
 
 def test_sentencepiece_state_dict_survives_weights_only_load(spiece, tmp_path):
@@ -335,9 +336,11 @@ def test_full_size_names_and_shapes(name, text, vision):
     oc = convert.to_openclip(ours)
     # a bare OpenCLIP state dict knows the patch grid, not the pixels: 27 x 14 = 378 for so400m's 384
     grid_pixels = cfg.image_size // cfg.patch_size * cfg.patch_size
-    assert convert.model_config_from_openclip(oc) == ModelConfig(**{**asdict(cfg), "act": "gelu", "image_size": grid_pixels})
-    assert convert.model_config_from_openclip(oc, image_size=cfg.image_size) == ModelConfig(**{**asdict(cfg), "act": "gelu"})
+    want = ModelConfig(**{**asdict(cfg), "act": "gelu"})  # OpenCLIP's SigLIP: exact GELU
+    assert convert.model_config_from_openclip(oc) == ModelConfig(**{**asdict(want), "image_size": grid_pixels})
+    assert convert.model_config_from_openclip(oc, image_size=cfg.image_size) == want
     if name == "B/16":  # METHOD.md 1.2
-        assert oc["visual.trunk.pos_embed"].shape == (1, 196, 768) and oc["text.positional_embedding"].shape == (64, 768)
+        assert oc["visual.trunk.pos_embed"].shape == (1, 196, 768)
+        assert oc["text.positional_embedding"].shape == (64, 768)
         assert oc["text.transformer.resblocks.0.attn.in_proj_weight"].shape == (2304, 768)
         assert oc["visual.trunk.attn_pool.kv.weight"].shape == (1536, 768) and oc["logit_scale"].shape == ()
