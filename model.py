@@ -11,7 +11,8 @@ value path (METHOD.md 2.3), which the C2LIP losses pool per concept.
 
 The tokenizer lives here too: a word-level tokenizer whose vocabulary is built from the training
 captions and saved inside every checkpoint, so nothing is downloaded. Anything with the same small
-interface (`encode`, `vocab_size`, `context_length`, `state_dict`) can replace it.
+interface (`encode`, `vocab_size`, `context_length`, `state_dict`) can replace it; the SentencePiece
+tokenizer of pretrained SigLIP (imported by convert.py) is the other one here.
 
     python model.py             # prints the parameter count of every preset
 """
@@ -43,8 +44,9 @@ class ModelConfig:
     context_length: int = 32   # text tokens, captions and concepts alike
     vocab_size: int = 512      # set from the tokenizer at build time
     embed_dim: int = 128       # joint space; must equal width (no projection after the MAP head)
-    mlp_ratio: float = 4.0
+    mlp_ratio: float = 4.0     # MLP hidden = round(width * mlp_ratio), both towers and the MAP head
     ln_eps: float = 1e-6
+    act: str = "gelu"          # "gelu" (exact erf: OpenCLIP/timm SigLIP) or "gelu_tanh" (HF SigLIP, big_vision)
     init_logit_scale: float = math.log(10.0)
     init_logit_bias: float = -10.0
 
@@ -121,9 +123,64 @@ class WordTokenizer:
         return cls(state["itos"], state["context_length"])
 
 
+class SentencePieceTokenizer:
+    """SigLIP's tokenizer (T5-style SentencePiece, e.g. c4-en 32k): canonicalise, encode, EOS, pad with EOS.
+
+    pad id = EOS id (1 in SigLIP's spiece.model), as HF's SiglipTokenizer with padding="max_length";
+    truncation keeps the EOS last, like the word tokenizer. The serialized model travels in the
+    checkpoint as a uint8 tensor, so weights-only loading needs no tokenizer file. Needs `pip install
+    sentencepiece`. One known difference from HF: '_' becomes a space here (big_vision, OpenCLIP)
+    while HF's canonicalisation deletes it.
+    """
+
+    def __init__(self, model_proto, context_length):
+        try:
+            import sentencepiece as spm
+        except ImportError:
+            raise ImportError("this checkpoint uses a SentencePiece tokenizer: pip install sentencepiece") from None
+        self.proto = bytes(model_proto)
+        try:
+            self.sp = spm.SentencePieceProcessor(model_proto=self.proto)
+        except Exception as e:
+            raise ValueError(f"not a valid SentencePiece model ({len(self.proto)} bytes): {e}") from None
+        self.EOS = self.PAD = self.sp.eos_id()
+        if self.EOS < 0:
+            raise ValueError("this SentencePiece model defines no EOS piece")
+        self.context_length = context_length
+
+    @classmethod
+    def from_file(cls, path, context_length):
+        with open(path, "rb") as f:
+            return cls(f.read(), context_length)
+
+    @property
+    def vocab_size(self):
+        return self.sp.get_piece_size()
+
+    def encode(self, texts):
+        """list of str -> LongTensor (n, context_length)"""
+        out = torch.full((len(texts), self.context_length), self.PAD, dtype=torch.long)
+        for i, ids in enumerate(self.sp.encode([canonicalize(t) for t in texts])):
+            ids = ids[: self.context_length - 1] + [self.EOS]
+            out[i, : len(ids)] = torch.tensor(ids)
+        return out
+
+    def decode(self, ids):
+        return self.sp.decode([i for i in ids if i != self.EOS])
+
+    def state_dict(self):
+        # a tensor, not bytes: loads under torch.load(weights_only=True) on every torch version we support
+        return {"kind": "sentencepiece", "model": torch.frombuffer(bytearray(self.proto), dtype=torch.uint8),
+                "context_length": self.context_length}
+
+    @classmethod
+    def from_state_dict(cls, state):
+        return cls(state["model"].numpy().tobytes(), state["context_length"])
+
+
 def tokenizer_from_state_dict(state):
     """rebuild whichever tokenizer a checkpoint carries"""
-    kinds = {"word": WordTokenizer}
+    kinds = {"word": WordTokenizer, "sentencepiece": SentencePieceTokenizer}
     if state.get("kind") not in kinds:
         raise ValueError(f"unknown tokenizer kind {state.get('kind')!r} in checkpoint")
     return kinds[state["kind"]].from_state_dict(state)
@@ -132,14 +189,21 @@ def tokenizer_from_state_dict(state):
 # building blocks (shared by both towers)
 
 
+ACTIVATIONS = {"gelu": "none", "gelu_tanh": "tanh"}  # name -> F.gelu's `approximate`
+
+
 class MLP(nn.Module):
-    def __init__(self, dim, hidden):
+    def __init__(self, dim, hidden, act="gelu"):
         super().__init__()
+        if act not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {act!r}; known: {', '.join(ACTIVATIONS)}")
+        self.approximate = ACTIVATIONS[act]
         self.fc1 = nn.Linear(dim, hidden)
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x):
-        return self.fc2(F.gelu(self.fc1(x)))  # exact (erf) GELU, as SigLIP
+        # the two SigLIP ports differ here: timm/OpenCLIP use exact GELU, HF and big_vision the tanh form
+        return self.fc2(F.gelu(self.fc1(x), approximate=self.approximate))
 
 
 class Attention(nn.Module):
@@ -158,12 +222,12 @@ class Attention(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, dim, heads, mlp_ratio, eps):
+    def __init__(self, dim, heads, mlp_ratio, eps, act="gelu"):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=eps)
         self.attn = Attention(dim, heads)
         self.norm2 = nn.LayerNorm(dim, eps=eps)
-        self.mlp = MLP(dim, int(dim * mlp_ratio))
+        self.mlp = MLP(dim, round(dim * mlp_ratio), act)  # round: so400m's 4304 / 1152 is not exact in floats
 
     def forward(self, x):
         x = x + self.attn(self.norm1(x))
@@ -173,7 +237,7 @@ class Block(nn.Module):
 class MAPHead(nn.Module):
     """Multihead attention pooling: one learned latent query attends over all patch tokens."""
 
-    def __init__(self, dim, heads, mlp_ratio, eps):
+    def __init__(self, dim, heads, mlp_ratio, eps, act="gelu"):
         super().__init__()
         self.heads = heads
         self.latent = nn.Parameter(torch.zeros(1, 1, dim))
@@ -181,7 +245,7 @@ class MAPHead(nn.Module):
         self.kv = nn.Linear(dim, 2 * dim)  # first half keys, second half values
         self.proj = nn.Linear(dim, dim)
         self.norm = nn.LayerNorm(dim, eps=eps)
-        self.mlp = MLP(dim, int(dim * mlp_ratio))
+        self.mlp = MLP(dim, round(dim * mlp_ratio), act)
 
     def forward(self, h, return_tokens=False):
         B, T, D = h.shape
@@ -207,13 +271,14 @@ class MAPHead(nn.Module):
 class VisionTower(nn.Module):
     def __init__(self, cfg):
         super().__init__()
-        assert cfg.image_size % cfg.patch_size == 0
+        # the stride-P conv drops a remainder, as timm and HF do (so400m/14 at 384 px: 27 x 27 patches)
         self.num_patches = (cfg.image_size // cfg.patch_size) ** 2
         self.patch_embed = nn.Conv2d(3, cfg.width, cfg.patch_size, stride=cfg.patch_size)
         self.pos_embed = nn.Parameter(torch.zeros(1, self.num_patches, cfg.width))
-        self.blocks = nn.ModuleList([Block(cfg.width, cfg.heads, cfg.mlp_ratio, cfg.ln_eps) for _ in range(cfg.depth)])
+        self.blocks = nn.ModuleList([Block(cfg.width, cfg.heads, cfg.mlp_ratio, cfg.ln_eps, cfg.act)
+                                     for _ in range(cfg.depth)])
         self.norm = nn.LayerNorm(cfg.width, eps=cfg.ln_eps)
-        self.attn_pool = MAPHead(cfg.width, cfg.heads, cfg.mlp_ratio, cfg.ln_eps)
+        self.attn_pool = MAPHead(cfg.width, cfg.heads, cfg.mlp_ratio, cfg.ln_eps, cfg.act)
 
     def forward(self, images, return_tokens=False):
         x = self.patch_embed(images).flatten(2).transpose(1, 2)  # (B, T, width)
@@ -228,7 +293,7 @@ class TextTower(nn.Module):
         super().__init__()
         self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.text_width)
         self.positional_embedding = nn.Parameter(torch.zeros(cfg.context_length, cfg.text_width))
-        self.blocks = nn.ModuleList([Block(cfg.text_width, cfg.text_heads, cfg.mlp_ratio, cfg.ln_eps)
+        self.blocks = nn.ModuleList([Block(cfg.text_width, cfg.text_heads, cfg.mlp_ratio, cfg.ln_eps, cfg.act)
                                      for _ in range(cfg.text_depth)])
         self.ln_final = nn.LayerNorm(cfg.text_width, eps=cfg.ln_eps)
         self.text_projection = nn.Linear(cfg.text_width, cfg.embed_dim)

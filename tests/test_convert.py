@@ -1,0 +1,346 @@
+"""convert.py against transformers' SiglipModel and SiglipTokenizer, built here from random weights and a
+SentencePiece model trained on a toy corpus: nothing is downloaded. Needs requirements-test.txt."""
+import io
+import os
+import subprocess
+import sys
+from dataclasses import asdict
+
+import pytest
+import torch
+import torch.nn as nn
+
+transformers = pytest.importorskip("transformers")
+spm = pytest.importorskip("sentencepiece")
+pytest.importorskip("safetensors")
+
+import convert
+from model import (DualEncoder, ModelConfig, SentencePieceTokenizer, canonicalize, model_config,
+                   tokenizer_from_state_dict)
+from train import load_checkpoint, model_from_checkpoint
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CORPUS = ["a red circle next to a blue square", "two dogs playing in the park at noon",
+          "a man riding a horse on the beach", "the quick brown fox jumps over the lazy dog",
+          "a woman wearing a red dress sits next to a fireplace", "three green triangles and one yellow star"]
+
+
+@pytest.fixture(scope="module")
+def spiece(tmp_path_factory):
+    """a tiny T5-style SentencePiece model (pad 0, eos 1, unk 2, no bos), as SigLIP's spiece.model"""
+    path = tmp_path_factory.mktemp("sp") / "spiece.model"
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(CORPUS * 10), model_writer=buf, vocab_size=60,
+                                   pad_id=0, eos_id=1, unk_id=2, bos_id=-1, character_coverage=1.0,
+                                   hard_vocab_limit=False, minloglevel=2)
+    path.write_bytes(buf.getvalue())
+    return str(path)
+
+
+def vocab_of(spiece):
+    return spm.SentencePieceProcessor(model_file=spiece).get_piece_size()
+
+
+def hf_model(vocab, act="gelu_pytorch_tanh", seed=0):
+    # text narrower than vision (24 -> projection 32) and a MLP ratio of 2: nothing relies on B/16's equal sizes
+    cfg = transformers.SiglipConfig(
+        text_config=dict(vocab_size=vocab, hidden_size=24, intermediate_size=48, num_hidden_layers=2,
+                         num_attention_heads=2, max_position_embeddings=8, hidden_act=act, projection_size=32),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=16, patch_size=4, hidden_act=act))
+    torch.manual_seed(seed)
+    model = transformers.SiglipModel(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():  # every tensor random (LN gains, biases, t, b too): a swapped name shows
+            p.normal_(0, 0.3)
+    return model
+
+
+def hf_state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def our_model(hf):
+    cfg = convert.model_config_from_hf(hf.config.to_dict())
+    model = DualEncoder(cfg).eval()
+    model.load_state_dict(convert.from_hf(hf_state(hf), cfg))
+    return model
+
+
+def inputs(vocab, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(3, 3, 16, 16, generator=gen), torch.randint(0, vocab, (5, 8), generator=gen)
+
+
+def assert_same_outputs(ours, hf, images, tokens):
+    with torch.no_grad():
+        ref = hf(input_ids=tokens, pixel_values=images)
+        x, y = ours.encode_image(images)[0], ours.encode_text(tokens)
+        logits = ours.logit_scale.exp() * x @ y.T + ours.logit_bias
+    torch.testing.assert_close(x, ref.image_embeds, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(y, ref.text_embeds, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(logits, ref.logits_per_image, atol=1e-5, rtol=1e-5)
+
+
+def assert_equal_state(a, b):
+    assert sorted(a) == sorted(b)
+    for k in a:
+        assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape and torch.equal(a[k], b[k]), k
+
+# -----------------------------------------------------------------------------
+# HF layout
+
+
+def test_hf_defaults_are_transformers_defaults():
+    t, v = transformers.SiglipTextConfig(), transformers.SiglipVisionConfig()
+    for k, val in convert.HF_TEXT_DEFAULTS.items():
+        assert getattr(t, k) == (val if val is not None else t.hidden_size), k
+    for k, val in convert.HF_VISION_DEFAULTS.items():
+        assert getattr(v, k, val) == val, k  # transformers 4.x has no vision_use_head attribute (always a head)
+
+
+def test_b16_config_from_defaults():
+    # google/siglip-base-patch16-224's config.json leaves almost everything at transformers' defaults
+    cfg = convert.model_config_from_hf({"model_type": "siglip", "text_config": {}, "vision_config": {}})
+    ref = model_config("B/16", act="gelu_tanh")
+    assert cfg == ref
+
+
+@pytest.mark.parametrize("act", ["gelu_pytorch_tanh", "gelu"])
+def test_hf_outputs_match(act):
+    hf = hf_model(60, act)
+    ours = our_model(hf)
+    assert ours.cfg.act == {"gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}[act]
+    assert_same_outputs(ours, hf, *inputs(60))
+
+
+def test_hf_round_trip_is_exact():
+    hf = hf_model(60)
+    cfg = convert.model_config_from_hf(hf.config.to_dict())
+    assert_equal_state(convert.to_hf(convert.from_hf(hf_state(hf), cfg), cfg), hf_state(hf))
+
+
+def test_import_export_files_and_from_pretrained(spiece, tmp_path):
+    vocab = vocab_of(spiece)
+    hf = hf_model(vocab)
+    hf.save_pretrained(tmp_path / "hf")  # config.json + model.safetensors, as on the hub
+    ckpt = str(tmp_path / "siglip.pt")
+    convert.import_checkpoint(str(tmp_path / "hf"), "hf", ckpt, tokenizer=spiece)
+
+    # an ordinary project checkpoint: weights-only load, tokenizer inside, same outputs as HF
+    model, tok = model_from_checkpoint(load_checkpoint(ckpt))
+    assert isinstance(tok, SentencePieceTokenizer) and tok.vocab_size == vocab and tok.context_length == 8
+    images, tokens = inputs(vocab)
+    assert_same_outputs(model.eval(), hf, images, tokens)
+
+    convert.export_checkpoint(ckpt, "hf", str(tmp_path / "out"))
+    assert_equal_state(convert._safetensors().load_file(str(tmp_path / "out" / "model.safetensors")), hf_state(hf))
+    back, info = transformers.SiglipModel.from_pretrained(str(tmp_path / "out"), output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    assert_equal_state(hf_state(back), hf_state(hf))
+    assert_same_outputs(model, back.eval(), images, tokens)
+    # the exported directory also carries a tokenizer transformers can load
+    hf_tok = transformers.SiglipTokenizer.from_pretrained(str(tmp_path / "out"))
+    ids = hf_tok(CORPUS[:2], padding="max_length", truncation=True, max_length=8, return_tensors="pt")["input_ids"]
+    assert torch.equal(ids, tok.encode(CORPUS[:2]))
+
+# -----------------------------------------------------------------------------
+# OpenCLIP layout
+
+
+def test_openclip_names_are_method_1_2():
+    hf = hf_model(60)
+    oc = convert.to_openclip(our_model(hf).state_dict())
+    blocks = ["norm1.weight", "norm1.bias", "attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight", "attn.proj.bias",
+              "norm2.weight", "norm2.bias", "mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight", "mlp.fc2.bias"]
+    resblocks = ["ln_1.weight", "ln_1.bias", "attn.in_proj_weight", "attn.in_proj_bias", "attn.out_proj.weight",
+                 "attn.out_proj.bias", "ln_2.weight", "ln_2.bias", "mlp.c_fc.weight", "mlp.c_fc.bias",
+                 "mlp.c_proj.weight", "mlp.c_proj.bias"]
+    pool = ["latent", "q.weight", "q.bias", "kv.weight", "kv.bias", "proj.weight", "proj.bias", "norm.weight",
+            "norm.bias", "mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight", "mlp.fc2.bias"]
+    want = (["visual.trunk.patch_embed.proj.weight", "visual.trunk.patch_embed.proj.bias", "visual.trunk.pos_embed",
+             "visual.trunk.norm.weight", "visual.trunk.norm.bias"]
+            + [f"visual.trunk.blocks.{i}.{n}" for i in range(2) for n in blocks]
+            + [f"visual.trunk.attn_pool.{n}" for n in pool]
+            + ["text.token_embedding.weight", "text.positional_embedding", "text.ln_final.weight", "text.ln_final.bias",
+               "text.text_projection.weight", "text.text_projection.bias", "logit_scale", "logit_bias"]
+            + [f"text.transformer.resblocks.{i}.{n}" for i in range(2) for n in resblocks])
+    assert sorted(oc) == sorted(want)
+    assert oc["logit_scale"].shape == () and oc["visual.trunk.pos_embed"].shape == (1, 16, 32)
+    assert oc["text.positional_embedding"].shape == (8, 24)
+
+
+def test_openclip_text_block_is_multihead_attention():
+    # OpenCLIP's text blocks are nn.MultiheadAttention + c_fc/c_proj: rebuild one from the exported names
+    hf = hf_model(60, act="gelu")
+    ours = our_model(hf)
+    oc = convert.to_openclip(ours.state_dict())
+    p = "text.transformer.resblocks.1."
+    mha = nn.MultiheadAttention(24, 2, batch_first=True)
+    mha.load_state_dict({k[len(p + "attn."):]: v for k, v in oc.items() if k.startswith(p + "attn.")})
+    ln1, ln2 = nn.LayerNorm(24, eps=1e-6), nn.LayerNorm(24, eps=1e-6)
+    ln1.load_state_dict({"weight": oc[p + "ln_1.weight"], "bias": oc[p + "ln_1.bias"]})
+    ln2.load_state_dict({"weight": oc[p + "ln_2.weight"], "bias": oc[p + "ln_2.bias"]})
+    h = torch.randn(3, 8, 24, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        a = ln1(h)
+        r = h + mha(a, a, a, need_weights=False)[0]
+        fc = nn.functional.linear(ln2(r), oc[p + "mlp.c_fc.weight"], oc[p + "mlp.c_fc.bias"])
+        ref = r + nn.functional.linear(nn.functional.gelu(fc), oc[p + "mlp.c_proj.weight"], oc[p + "mlp.c_proj.bias"])
+        torch.testing.assert_close(ours.text.blocks[1](h), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_openclip_round_trip_and_file_import(spiece, tmp_path):
+    vocab = vocab_of(spiece)
+    hf = hf_model(vocab, act="gelu")  # OpenCLIP's SigLIP uses exact GELU
+    ours = our_model(hf)
+    oc = convert.to_openclip(ours.state_dict())
+    assert_equal_state(convert.to_openclip(convert.from_openclip(oc, ours.cfg)), oc)
+    # HF -> ours -> OpenCLIP -> ours -> HF is the identity
+    cfg = convert.model_config_from_openclip(oc, heads=2, text_heads=2)
+    assert cfg == ours.cfg
+    assert_equal_state(convert.to_hf(convert.from_openclip(oc, cfg), cfg), hf_state(hf))
+
+    torch.save(oc, tmp_path / "open_clip_pytorch_model.bin")
+    ckpt = str(tmp_path / "oc.pt")
+    convert.import_checkpoint(str(tmp_path / "open_clip_pytorch_model.bin"), "openclip", ckpt, spiece, 2, 2)
+    model, _ = model_from_checkpoint(load_checkpoint(ckpt))
+    assert_same_outputs(model.eval(), hf, *inputs(vocab))
+    convert.export_checkpoint(ckpt, "openclip", str(tmp_path / "out"))
+    assert_equal_state(convert._safetensors().load_file(str(tmp_path / "out" / "open_clip_model.safetensors")), oc)
+    # the exported directory imports again, tokenizer found beside the weights
+    convert.import_checkpoint(str(tmp_path / "out"), "openclip", str(tmp_path / "again.pt"), heads=2, text_heads=2)
+    assert_equal_state(load_checkpoint(str(tmp_path / "again.pt"))["model"], load_checkpoint(ckpt)["model"])
+
+# -----------------------------------------------------------------------------
+# SentencePiece tokenizer
+
+
+TEXTS = ["A red circle, next to a blue square!", "Two DOGS.", "  leading space", "...dots first", "",
+         "tabs\tand\nnewlines", "it's a dog's life", "zebra café É", "a man riding a horse on the beach at sunset"]
+
+
+def test_sentencepiece_matches_siglip_tokenizer(spiece):
+    ours = SentencePieceTokenizer.from_file(spiece, context_length=8)
+    hf = transformers.SiglipTokenizer(spiece, model_max_length=8)
+    ref = hf(TEXTS, padding="max_length", truncation=True, max_length=8, return_tensors="pt")["input_ids"]
+    assert torch.equal(ours.encode(TEXTS), ref)
+    assert ours.EOS == ours.PAD == hf.eos_token_id == hf.pad_token_id == 1
+    ids = ours.encode(["a man riding a horse on the beach at sunset", "two dogs"])
+    assert ids[0, -1] == 1 and (ids[0, :-1] != 1).all()  # truncated, EOS kept last
+    assert ids[1].tolist() == ours.sp.encode("two dogs") + [1] * (8 - len(ours.sp.encode("two dogs")))
+    # the one documented difference: HF deletes '_', big_vision/OpenCLIP (and we) make it a space
+    assert canonicalize("hot_dog stand") == "hot dog stand"
+    ref = hf(["hot_dog stand"], padding="max_length", truncation=True, max_length=8, return_tensors="pt")["input_ids"]
+    assert torch.equal(ours.encode(["hotdog stand"]), ref)
+
+
+def test_sentencepiece_state_dict_survives_weights_only_load(spiece, tmp_path):
+    tok = SentencePieceTokenizer.from_file(spiece, context_length=8)
+    torch.save({"tokenizer": tok.state_dict()}, tmp_path / "t.pt")
+    state = torch.load(tmp_path / "t.pt", weights_only=True)["tokenizer"]
+    assert state["kind"] == "sentencepiece" and state["model"].dtype == torch.uint8
+    tok2 = tokenizer_from_state_dict(state)
+    assert torch.equal(tok2.encode(TEXTS), tok.encode(TEXTS)) and tok2.proto == tok.proto
+
+# -----------------------------------------------------------------------------
+# errors
+
+
+def test_clear_errors(spiece, tmp_path):
+    hf = hf_model(vocab_of(spiece))
+    hf.save_pretrained(tmp_path / "hf")
+    weights = tmp_path / "hf" / "model.safetensors"
+    data = weights.read_bytes()
+    # wrong vocabulary for the tokenizer
+    bigger = hf_model(vocab_of(spiece) + 4)
+    bigger.save_pretrained(tmp_path / "big")
+    with pytest.raises(ValueError, match="pieces but the model's vocabulary"):
+        convert.import_checkpoint(str(tmp_path / "big"), "hf", str(tmp_path / "x.pt"), spiece)
+    # no tokenizer anywhere
+    with pytest.raises(FileNotFoundError, match="--tokenizer"):
+        convert.import_checkpoint(str(tmp_path / "hf"), "hf", str(tmp_path / "x.pt"))
+    # truncated weights
+    weights.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="truncated"):
+        convert.load_foreign(str(tmp_path / "hf"), "hf")
+    # foreign files: a text file, another model's state dict, the wrong format flag
+    (tmp_path / "notes.bin").write_text("not weights")
+    with pytest.raises(ValueError, match="cannot read"):
+        convert.load_foreign(str(tmp_path / "notes.bin"), "openclip")
+    torch.save({"fc.weight": torch.zeros(2, 2)}, tmp_path / "other.bin")
+    with pytest.raises(ValueError, match="not an OpenCLIP SigLIP state dict"):
+        convert.load_foreign(str(tmp_path / "other.bin"), "openclip")
+    with pytest.raises(ValueError, match="expects a model directory"):
+        convert.load_foreign(str(tmp_path / "other.bin"), "hf")
+    weights.write_bytes(data)
+    oc = convert.to_openclip(our_model(hf).state_dict())
+    torch.save(oc, tmp_path / "oc.bin")
+    with pytest.raises(ValueError, match="--heads"):  # width 32 is no released SigLIP size
+        convert.load_foreign(str(tmp_path / "oc.bin"), "openclip")
+    with pytest.raises(ValueError, match="not a SentencePiece model|not a valid SentencePiece"):
+        SentencePieceTokenizer(b"garbage", 8)
+
+
+def test_cli(spiece, tmp_path):
+    # the command line: import writes a checkpoint train.py/evaluate.py read; bad input exits with "error:"
+    hf = hf_model(vocab_of(spiece))
+    hf.save_pretrained(tmp_path / "hf")
+    (tmp_path / "hf" / "spiece.model").write_bytes(open(spiece, "rb").read())  # found beside the weights
+    run = lambda *a: subprocess.run([sys.executable, "convert.py", *a], cwd=REPO, capture_output=True, text=True)
+    r = run("import", f"--src={tmp_path / 'hf'}", "--format=hf", f"--out={tmp_path / 'c.pt'}")
+    assert r.returncode == 0, r.stderr
+    assert load_checkpoint(str(tmp_path / "c.pt"))["step"] == 0
+    # errors exit with a message, no traceback and no file (in-process: a second interpreter costs seconds)
+    with pytest.raises(SystemExit, match="error: .*expects a model directory"):
+        convert.main(["import", f"--src={tmp_path / 'nowhere'}", "--format=hf", f"--out={tmp_path / 'd.pt'}"])
+    assert not os.path.exists(tmp_path / "d.pt")
+    with pytest.raises(SystemExit, match="bad argument"):
+        convert.main(["export", "--ckpt=x.pt", "--format=hf", "--bogus=1"])
+    with pytest.raises(SystemExit, match="missing --out"):
+        convert.main(["export", "--ckpt=x.pt", "--format=hf"])
+
+
+def test_imported_checkpoint_fine_tunes_and_evaluates(spiece, tmp_path):
+    # `train.py --init=` and evaluation on an imported checkpoint, in-process and a few steps long
+    import train
+    hf = hf_model(vocab_of(spiece))
+    hf.save_pretrained(tmp_path / "hf")
+    ckpt = str(tmp_path / "siglip.pt")
+    convert.import_checkpoint(str(tmp_path / "hf"), "hf", ckpt, tokenizer=spiece)
+    cfg = train.Config(init=ckpt, out_dir=str(tmp_path / "run"), steps=2, batch_size=4, world_scenes=16, log_every=1,
+                       eval_scenes=12, device="cpu")
+    train.main(cfg)
+    tuned = load_checkpoint(str(tmp_path / "run" / "ckpt.pt"))
+    assert tuned["step"] == 2 and tuned["tokenizer"]["kind"] == "sentencepiece"
+    assert os.path.exists(tmp_path / "run" / "eval.json")
+    before = load_checkpoint(ckpt)["model"]
+    assert not torch.equal(tuned["model"]["text.token_embedding.weight"], before["text.token_embedding.weight"])
+
+
+@pytest.mark.parametrize("name,text,vision", [
+    ("B/16", {}, {}),  # google/siglip-base-patch16-224: transformers' defaults
+    ("so400m/14@384", dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16),
+     dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16, image_size=384,
+          patch_size=14)),
+])
+def test_full_size_names_and_shapes(name, text, vision):
+    # released sizes on the meta device (no memory, no download): every HF tensor has its place, shapes agree
+    hf_cfg = transformers.SiglipConfig(text_config=text, vision_config=vision)
+    with torch.device("meta"):
+        hf_shapes = {k: v.shape for k, v in transformers.SiglipModel(hf_cfg).state_dict().items()}
+        cfg = convert.model_config_from_hf(hf_cfg.to_dict())
+        ours = DualEncoder(cfg).state_dict()
+    mapped = convert.to_hf(ours, cfg)
+    assert {k: v.shape for k, v in mapped.items()} == hf_shapes
+    oc = convert.to_openclip(ours)
+    # a bare OpenCLIP state dict knows the patch grid, not the pixels: 27 x 14 = 378 for so400m's 384
+    grid_pixels = cfg.image_size // cfg.patch_size * cfg.patch_size
+    want = ModelConfig(**{**asdict(cfg), "act": "gelu"})  # OpenCLIP's SigLIP: exact GELU
+    assert convert.model_config_from_openclip(oc) == ModelConfig(**{**asdict(want), "image_size": grid_pixels})
+    assert convert.model_config_from_openclip(oc, image_size=cfg.image_size) == want
+    if name == "B/16":  # METHOD.md 1.2
+        assert oc["visual.trunk.pos_embed"].shape == (1, 196, 768)
+        assert oc["text.positional_embedding"].shape == (64, 768)
+        assert oc["text.transformer.resblocks.0.attn.in_proj_weight"].shape == (2304, 768)
+        assert oc["visual.trunk.attn_pool.kv.weight"].shape == (1536, 768) and oc["logit_scale"].shape == ()
