@@ -1,0 +1,728 @@
+"""
+Concepts (noun phrases) for C2LIP and rule-based hard negatives for DeGLA, offline and deterministic.
+
+C2LIP (arXiv 2603.25722, METHOD 2.1) aligns each noun phrase of a caption with the image. We extract the
+phrases with a Penn-Treebank tagger and a regular chunk grammar (nltk.RegexpParser) instead of the
+official LLM prompt. DeGLA (arXiv 2504.16801, METHOD 3.5) trains on LLM-written hard negatives; we write
+them with five small rules over the same tagger and chunks, in the official file schema.
+
+Concept rules (extract_concepts):
+- a concept is a chunk of GRAMMAR: determiners, possessive pronouns and numbers are kept ("a red dress",
+  "his dog", "two dogs"); a possessor belongs to the phrase it owns ("the dog's bowl" is one concept);
+  coordinated or adverb-led adjectives stay inside ("a black and white cat", "a very large dog").
+- "X of Y" gives two concepts ("the front", "a building"), except after a quantity or container noun
+  (PARTITIVES), where one concept reads better ("a herd of elephants", "a cup of coffee"). A framing noun
+  followed by "of" ("a photo of", "portrait of") is dropped: it names the picture, not its content.
+- drop chunks whose head (last) noun is a GENERIC_LOCATIONS word, and BOILERPLATE chunks ("stock photo").
+- text is cut from the caption itself (inner whitespace collapsed), so casing and "dog's" read as written.
+- order: as in the caption. dedupe on the canonical form (lowercase, collapsed whitespace), the first
+  occurrence and its casing kept. strings of <= 1 char dropped. no cap on the count.
+- zero concepts -> [caption.strip()], so every image has at least one concept.
+
+Run:
+    python concepts.py extract --data captions.jsonl --out concepts.jsonl --workers 2
+    python concepts.py negatives --data captions.jsonl --out negatives.json --k 4 --seed 0
+    python concepts.py score        # precision / recall on tests/data/concepts_gold.jsonl
+"""
+
+import argparse
+import csv
+import json
+import os
+import random
+import re
+import sys
+import time
+import zlib
+from multiprocessing import Pool
+
+import nltk
+from textblob.en.inflect import pluralize, singularize
+
+# -----------------------------------------------------------------------------
+# tokenizing and tagging
+
+# one alternative per token kind; order matters, the first that matches at a position wins
+_TOKEN_RE = re.compile(r"""
+    [^\W_]+(?=n['’]t\b)                          # "do" of "don't": PTB splits the negation off
+  | n['’]t\b                                     # the "n't" itself
+  | ['’](?:s|re|ve|ll|d|m)\b                     # possessive 's and other clitics
+  | \d+(?:[.,:]\d+)+                             # numbers with separators: 3.5, 1,000, 10:30
+  | [^\W_]+(?:-[^\W_]+|['’](?!(?:s|re|ve|ll|d|m)\b)[^\W_]+)*   # words, "high-rise", "o'clock"
+  | \S                                           # any other symbol is a token of its own
+""", re.X | re.I)
+
+# word -> PTB tag, forced after tagging. empty: the lexicon tagger reads every word of the synthetic
+# world (8 colours as JJ, 6 shapes as NN, in every caption template) correctly, see tests/test_concepts.py.
+# add a word here only with a test that shows the mis-tag.
+TAG_OVERRIDES = {}
+
+_tagger = None  # (name, function tokens -> tags), built on first use so that importing is cheap
+
+
+def _load_tagger():
+    global _tagger
+    if _tagger is None:
+        try:
+            # the perceptron needs its pickled weights; without them fall back to a lexicon tagger
+            try:
+                nltk.data.find("taggers/averaged_perceptron_tagger_eng/")
+            except LookupError:
+                nltk.data.find("taggers/averaged_perceptron_tagger/")
+            perceptron = nltk.tag.PerceptronTagger()
+            _tagger = ("nltk-perceptron", lambda toks: [t for _, t in perceptron.tag(toks)])
+        except Exception:
+            # the lexicon + rules tagger that textblob's PatternTagger runs; we hand it our tokens directly
+            # instead of PatternTagger.tag(" ".join(...)), which gives the same tags but re-splits a string
+            from textblob.en import parser
+            _tagger = ("textblob-pattern", lambda toks: [t for _, t in parser.find_tags(list(toks))])
+    return _tagger
+
+
+def tagger_name():
+    """Which tagger runs: "nltk-perceptron" or "textblob-pattern"."""
+    return _load_tagger()[0]
+
+
+def tokenize(text):
+    """Words, numbers, possessive 's / n't clitics and punctuation as separate tokens."""
+    return _TOKEN_RE.findall(text)
+
+
+def _context_fixes(words, tags):
+    """Two agreement rules for the lexicon tagger's commonest caption errors (found on the gold set's
+    misses), where a word that can be a noun or a verb gets its out-of-context tag."""
+    tags = list(tags)
+    for i in range(1, len(tags)):
+        # a base-form verb never follows a determiner, possessive or adjective: "a sink", "brown bear"
+        if tags[i] in ("VB", "VBP") and tags[i - 1] in ("DT", "PRP$", "POS", "JJ"):
+            tags[i] = "NN"
+        # "a/an <nouns> <plural>" cannot be one noun phrase: the plural is the verb ("a bus drives")
+        if tags[i] == "NNS" and tags[i - 1] == "NN":
+            j = i - 1
+            while j > 0 and (tags[j].startswith(("NN", "JJ")) or tags[j] == "VBN"):
+                j -= 1
+            if tags[j] == "DT" and words[j].lower() in ("a", "an"):
+                tags[i] = "VBZ"
+    return tags
+
+
+def tag(tokens):
+    """[(word, PTB tag)] for a list of tokens: the tagger, then _context_fixes, then TAG_OVERRIDES."""
+    tokens = list(tokens)
+    if not tokens:
+        return []
+    tags = _context_fixes(tokens, _load_tagger()[1](tokens))
+    return [(w, TAG_OVERRIDES.get(w.lower(), t)) for w, t in zip(tokens, tags)]
+
+
+# -----------------------------------------------------------------------------
+# chunking
+
+# a possessor ("the dog's") may open a phrase; then determiners/numbers; then a participle right after a
+# determiner ("a smiling woman", "a watering hole": without the determiner "people riding bikes" would
+# chunk "riding bikes"); then modifiers, where an adjective may carry an adverb ("a very large dog") or
+# a coordinated twin ("black and white"); then the head noun.
+GRAMMAR = r"""
+NP: {(<DT|PDT|PRP\$|CD>*(<RB.*>?<JJ.*>(<CC><JJ.*>)?|<VBN|NN.*>)*<NN.*><POS>)?(<DT|PDT|PRP\$|CD>+<VBG>|<DT|PDT|PRP\$|CD>*)(<RB.*>?<JJ.*>(<CC><JJ.*>)?|<VBN|NN.*>)*<NN.*>}
+"""
+
+# head nouns that name where a photo was taken rather than something in it (METHOD 2.1; the official
+# prompt's example drops "a university"). lowercase, singular; plurals are matched too.
+GENERIC_LOCATIONS = frozenset("""
+home street school university college campus city town village country state place area location
+neighborhood neighbourhood downtown world region
+""".split())
+
+# caption-site tags, compared with the chunk minus its leading determiners
+BOILERPLATE = frozenset([
+    "stock photo", "stock photos", "stock image", "stock picture", "stock photography", "stock footage",
+    "stock illustration", "news photo", "file photo", "editorial photo", "royalty free stock photo",
+    "vector illustration", "getty images",
+])
+
+# "<frame> of X" describes the picture, not a thing in it: the chunk is dropped, X is kept
+FRAME_NOUNS = frozenset("photo photograph picture image shot snapshot view close-up closeup portrait".split())
+
+# "<partitive> of X" reads as one concept ("a herd of elephants", "a slice of pizza")
+PARTITIVES = frozenset("""
+group herd flock pack team crowd bunch pile stack row line pair couple set lot number variety assortment
+collection box bowl cup glass plate bottle basket bag piece slice bite loaf roll handful jar can tray pot
+mug carton bouquet bundle
+""".split())
+
+_parser = nltk.RegexpParser(GRAMMAR)
+_DET_TAGS = {"DT", "PDT", "PRP$", "CD"}
+
+
+def _chunk_spans(tags):
+    """Token index ranges [start, end) of the GRAMMAR chunks, in caption order."""
+    # the parser only reads tags, so we pass token indices as the "words" to get spans back
+    tree = _parser.parse([(i, t) for i, t in enumerate(tags)])
+    spans, i = [], 0
+    for node in tree:
+        if isinstance(node, nltk.Tree):
+            spans.append((i, i + len(node)))
+            i += len(node)
+        else:
+            i += 1
+    return spans
+
+
+def _analyse(caption):
+    """Tokens with character offsets, tags and chunk spans of one caption."""
+    matches = list(_TOKEN_RE.finditer(caption))
+    words = [m.group() for m in matches]
+    tags = [t for _, t in tag(words)]
+    return matches, words, tags, _chunk_spans(tags)
+
+
+def _canon(text):
+    return " ".join(text.lower().split())
+
+
+def _is_generic_location(word):
+    w = word.lower()
+    return w in GENERIC_LOCATIONS or (w.endswith("s") and w[:-1] in GENERIC_LOCATIONS)
+
+
+def _strip_determiners(words, tags):
+    i = 0
+    while i < len(words) - 1 and tags[i] in ("DT", "PDT"):
+        i += 1
+    return _canon(" ".join(words[i:]))
+
+
+def extract_concepts(caption):
+    """Noun-phrase concepts of one caption (rules in the module docstring)."""
+    matches, words, tags, spans = _analyse(caption)
+    # merge "<partitive> of <chunk>" into one span and mark "<frame> of" chunks for dropping
+    merged = []
+    for s, e in spans:
+        if merged and merged[-1][2] == "partitive" and merged[-1][1] + 1 == s:
+            merged[-1] = (merged[-1][0], e, "")
+            continue
+        followed_by_of = e < len(words) and words[e].lower() == "of"
+        head = words[e - 1].lower()
+        kind = ""
+        if followed_by_of and head in PARTITIVES:
+            kind = "partitive"
+        elif followed_by_of and head in FRAME_NOUNS:
+            kind = "frame"
+        merged.append((s, e, kind))
+
+    out, seen = [], set()
+    for s, e, kind in merged:
+        if kind == "frame":
+            continue
+        # the last token is the head noun; for a merged "X of Y" that is Y's head
+        if _is_generic_location(words[e - 1]):
+            continue
+        if _strip_determiners(words[s:e], tags[s:e]) in BOILERPLATE:
+            continue
+        text = " ".join(caption[matches[s].start():matches[e - 1].end()].split())
+        key = _canon(text)
+        if len(key) <= 1 or key in seen:
+            continue
+        seen.add(key)
+        out.append(text)
+    return out if out else [caption.strip()]
+
+
+def extract_concepts_batch(captions):
+    """extract_concepts over a list, in order."""
+    return [extract_concepts(c) for c in captions]
+
+
+# -----------------------------------------------------------------------------
+# scoring against the hand-labelled gold set
+
+GOLD_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tests", "data", "concepts_gold.jsonl")
+
+
+def score_chunker(records):
+    """Phrase-level micro precision / recall / F1 and the exact-set rate, canonical matching.
+    records: [{"caption": str, "concepts": [gold phrases]}]."""
+    tp = n_pred = n_gold = exact = 0
+    for r in records:
+        pred = {_canon(p) for p in extract_concepts(r["caption"])}
+        gold = {_canon(g) for g in r["concepts"]}
+        tp += len(pred & gold)
+        n_pred += len(pred)
+        n_gold += len(gold)
+        exact += pred == gold
+    p = tp / max(n_pred, 1)
+    r = tp / max(n_gold, 1)
+    f1 = 2 * p * r / max(p + r, 1e-12)
+    return dict(precision=p, recall=r, f1=f1, exact=exact / max(len(records), 1))
+
+
+# -----------------------------------------------------------------------------
+# hard negatives (DeGLA, METHOD 3.5)
+
+# adjective categories: a replacement comes from another group of the same category; "|" joins
+# synonyms, which never replace each other (the first spelling is the one written)
+ADJ_CATEGORIES = {
+    "colour": "red green blue yellow purple orange white pink black brown gray|grey silver gold|golden",
+    "size": "big|large|huge|giant|enormous small|little|tiny",
+    "material": "wooden|wood metal|metallic plastic glass stone brick leather paper concrete ceramic",
+    "age": "young old|elderly",
+    "count": "two three four five six seven eight nine ten",
+}
+
+# curated antonyms (both directions are used): state adjectives live only here
+ANTONYMS = """
+big-small large-small tall-short long-short old-new young-old open-closed empty-full wet-dry clean-dirty
+hot-cold light-dark bright-dark happy-sad fast-slow thick-thin heavy-light sunny-cloudy high-low wide-narrow
+crowded-empty busy-quiet asleep-awake smooth-rough soft-hard straight-curly fat-thin dead-alive
+modern-ancient cooked-raw sliced-whole lit-unlit full-half
+"""
+
+# nouns by coarse class: the COCO 80 categories grouped by supercategory (one-word names; multi-word ones
+# by their head when it is unambiguous), plus scene nouns and the synthetic world's shapes. hypernyms
+# ("person", "child", "puppy") are left out: swapping a word for its hypernym is not a negative.
+NOUN_CLASSES = {
+    "person": "man|guy|gentleman woman|lady boy girl baby|infant|toddler",
+    "vehicle": "bicycle|bike car motorcycle|motorbike airplane|plane|aeroplane bus train truck boat",
+    "outdoor": "bench hydrant",
+    "animal": "bird cat dog horse sheep cow elephant bear zebra giraffe",
+    "accessory": "backpack umbrella handbag|purse tie suitcase|luggage",
+    "sports": "frisbee ski snowboard ball kite bat glove skateboard surfboard racket|racquet",
+    "kitchen": "bottle glass cup|mug fork knife spoon bowl",
+    "food": "banana apple sandwich orange broccoli carrot hotdog pizza donut|doughnut cake",
+    "furniture": "chair couch|sofa bed table toilet",
+    "electronic": "tv|television laptop mouse remote keyboard phone|cellphone",
+    "appliance": "microwave oven toaster sink refrigerator|fridge",
+    "indoor": "book clock vase scissors toothbrush",
+    "indoor scene": "kitchen bathroom bedroom office restaurant classroom",
+    "outdoor scene": "beach field park forest|woods mountain lake river ocean|sea desert road farm",
+    "surface": "grass sand snow water dirt",
+    "shapes": "circle square triangle ring star diamond",
+}
+
+
+def _siblings(classes):
+    """word -> sorted replacement words (the first spelling of every other group of its class)."""
+    table = {}
+    for groups in classes.values():
+        groups = [g.split("|") for g in groups.split()]
+        for g in groups:
+            others = sorted(o[0] for o in groups if o is not g)
+            for w in g:
+                assert w not in table, f"{w} is listed twice"
+                table[w] = others
+    return table
+
+
+_NOUN_SIBLINGS = _siblings(NOUN_CLASSES)
+_ADJ_REPLACEMENTS = _siblings(ADJ_CATEGORIES)
+for _pair in ANTONYMS.split():
+    _a, _b = _pair.split("-")
+    _ADJ_REPLACEMENTS[_a] = sorted(set(_ADJ_REPLACEMENTS.get(_a, [])) | {_b})
+    _ADJ_REPLACEMENTS[_b] = sorted(set(_ADJ_REPLACEMENTS.get(_b, [])) | {_a})
+_COLOURS = {w for g in ADJ_CATEGORIES["colour"].split() for w in g.split("|")}
+
+_COORDINATORS = {",", "and", "or", "&", ";"}
+_NOUN_TAGS = {"NN", "NNS"}
+
+
+class _Sentence:
+    """A caption split into tokens and the whitespace before each, with tags and chunks."""
+
+    def __init__(self, caption):
+        matches, words, tags, spans = _analyse(caption.strip())
+        self.words, self.tags, self.spans = words, tags, spans
+        self.gaps = [""] + [caption.strip()[a.end():b.start()] for a, b in zip(matches, matches[1:])]
+        # a sentence-initial capital is not part of the word: lower it while words move, restore at render.
+        # captions open with "A", "Two", "Dog" far more often than with a name (the tagger calls "Dog" NNP
+        # too), so any Title-case first word counts; acronyms ("TV") and "I" keep their case.
+        first = words[0] if words else ""
+        self.capital = first[:1].isupper() and first[1:] == first[1:].lower() and first != "I"
+        if self.capital:
+            self.words = [words[0][0].lower() + words[0][1:]] + words[1:]
+            # the lexicon tags a capitalised "Dog" as a name; at the start it is the common noun
+            self.tags = [{"NNP": "NN", "NNPS": "NNS"}.get(tags[0], tags[0])] + tags[1:]
+        self.chunk_of = {i: c for c, (s, e) in enumerate(spans) for i in range(s, e)}
+
+    def head(self, c):
+        return self.spans[c][1] - 1
+
+    def adjectives(self, c):
+        """Adjective positions of chunk c (after any possessor), colour words included whatever their tag."""
+        s, e = self.spans[c]
+        pos = [i for i in range(s, e) if self.tags[i] == "POS"]
+        s = pos[-1] + 1 if pos else s
+        return [i for i in range(s, e - 1)
+                if self.tags[i].startswith("JJ") or self.words[i].lower() in _COLOURS]
+
+    def order_free(self, a, b):
+        """True when chunks a < b stand in a plain list ("a red circle, a blue square and ..."),
+        where exchanging two identical-looking phrases would not change the meaning."""
+        between = range(self.spans[a][1], self.spans[b][0])
+        return all(i in self.chunk_of or self.words[i].lower() in _COORDINATORS for i in between)
+
+    def modifiers(self, c):
+        s, e = self.spans[c]
+        return [self.words[i].lower() for i in range(s, e - 1) if self.tags[i] not in ("DT", "PDT")]
+
+    def render(self, words=None, gaps=None):
+        words = list(self.words if words is None else words)
+        gaps = self.gaps if gaps is None else gaps
+        if self.capital and words:
+            words[0] = words[0][:1].upper() + words[0][1:]
+        return "".join(g + w for g, w in zip(gaps, words)).strip()
+
+
+def _fix_articles(words, before):
+    """a/an agree with the next word where an edit made a new pair ("a apple" -> "an apple"); pairs
+    already in the caption (`before`, its words) stay as written."""
+    old_pairs = {(a.lower(), b.lower()) for a, b in zip(before, before[1:])}
+    out = list(words)
+    for i in range(len(out) - 1):
+        art, nxt = out[i].lower(), out[i + 1].lower()
+        if art not in ("a", "an") or (art, nxt) in old_pairs:
+            continue
+        vowel = nxt[:1] in tuple("aeiou") and not nxt.startswith(("uni", "use", "usu", "one", "eu"))
+        vowel = vowel or nxt.startswith(("hour", "honest", "heir"))
+        new = "an" if vowel else "a"
+        out[i] = new.capitalize() if out[i][0].isupper() else new
+    return out
+
+
+def _same_case(new, old):
+    return new.capitalize() if old[:1].isupper() else new
+
+
+def _is_word(w):
+    return w[:1].isalnum() and w.lower() != "n't"
+
+
+def reshuffle(sent, rng, vocab=None):
+    """Permute the word tokens among the word positions; punctuation (the final one included) stays put."""
+    slots = [i for i, w in enumerate(sent.words) if _is_word(w)]
+    original = [sent.words[i] for i in slots]
+    if len({w.lower() for w in original}) < 2:
+        return None
+    for _ in range(100):
+        perm = rng.sample(original, len(original))
+        if [w.lower() for w in perm] != [w.lower() for w in original]:
+            words = list(sent.words)
+            for i, w in zip(slots, perm):
+                words[i] = w
+            return sent.render(words)
+    return None
+
+
+def swap_nouns(sent, rng, vocab=None):
+    """Exchange the head nouns of two chunks; determiners and adjectives stay where they are."""
+    heads = [c for c in range(len(sent.spans)) if sent.tags[sent.head(c)] in _NOUN_TAGS]
+    pairs = []
+    for x, a in enumerate(heads):
+        for b in heads[x + 1:]:
+            wa, wb = sent.words[sent.head(a)].lower(), sent.words[sent.head(b)].lower()
+            if wa == wb:
+                continue
+            # in a plain list, "a red circle and a red square" swapped says the same thing
+            if sent.order_free(a, b) and sent.modifiers(a) == sent.modifiers(b):
+                continue
+            pairs.append((a, b))
+    if not pairs:
+        return None
+    # prefer nouns of the same number so that "two dogs and a cat" does not become "two cat and a dogs"
+    same = [(a, b) for a, b in pairs if sent.tags[sent.head(a)] == sent.tags[sent.head(b)]]
+    a, b = rng.choice(same or pairs)
+    i, j = sent.head(a), sent.head(b)
+    words = list(sent.words)
+    words[i], words[j] = sent.words[j], sent.words[i]
+    return sent.render(_fix_articles(words, sent.words))
+
+
+def swap_adjectives(sent, rng, vocab=None):
+    """Exchange adjectives of two different nouns; with adjectives on one noun only, move one of them
+    to another noun ("a gray cat on a bench" -> "a cat on a gray bench")."""
+    n = len(sent.spans)
+    adjs = {c: sent.adjectives(c) for c in range(n)}
+
+    def changes_meaning(a, b):
+        a, b = min(a, b), max(a, b)
+        same_head = sent.words[sent.head(a)].lower() == sent.words[sent.head(b)].lower()
+        return not (same_head and sent.order_free(a, b))
+
+    swaps = [(i, j) for a in range(n) for b in range(a + 1, n) if changes_meaning(a, b)
+             for i in adjs[a] for j in adjs[b] if sent.words[i].lower() != sent.words[j].lower()]
+    if swaps:
+        i, j = rng.choice(swaps)
+        words = list(sent.words)
+        words[i], words[j] = sent.words[j], sent.words[i]
+        return sent.render(_fix_articles(words, sent.words))
+    moves = [(i, b) for a in range(n) for i in adjs[a] for b in range(n)
+             if b != a and not adjs[b] and sent.tags[sent.head(b)] in _NOUN_TAGS and changes_meaning(a, b)]
+    if not moves:
+        return None
+    i, b = rng.choice(moves)
+    s, e = sent.spans[b]
+    k = s
+    while k < e - 1 and (sent.tags[k] in _DET_TAGS or "POS" in sent.tags[k:e]):
+        k += 1  # insert after the determiners (and after a possessor) of the target chunk
+    words, gaps = list(sent.words), list(sent.gaps)
+    # the inserted word takes the gap of the word it goes before, which then gets one space
+    words.insert(k, sent.words[i])
+    gaps.insert(k, gaps[k])
+    gaps[k + 1] = " "
+    r = i + (k <= i)  # remove the moved adjective; the word after it keeps its own gap
+    del words[r], gaps[r]
+    gaps[0] = ""
+    return sent.render(_fix_articles(words, sent.words), gaps)
+
+
+def _options(table, word, vocab):
+    """Replacements of a word, limited to vocab when one is given."""
+    return [w for w in table.get(word, ()) if vocab is None or w in vocab]
+
+
+def replace_adjectives(sent, rng, vocab=None):
+    """Put another adjective of the same category (colour, size, material, age, count) or an antonym."""
+    cands = [i for i, w in enumerate(sent.words) if _options(_ADJ_REPLACEMENTS, w.lower(), vocab)
+             and (sent.tags[i].startswith("JJ") or sent.tags[i] == "CD"
+                  or (i in sent.chunk_of and i != sent.head(sent.chunk_of[i])))]
+    if not cands:
+        return None
+    i = rng.choice(cands)
+    words = list(sent.words)
+    words[i] = _same_case(rng.choice(_options(_ADJ_REPLACEMENTS, words[i].lower(), vocab)), words[i])
+    return sent.render(_fix_articles(words, sent.words))
+
+
+def _singular(word):
+    w = word.lower()
+    return w if w in _NOUN_SIBLINGS else singularize(w)
+
+
+def replace_nouns(sent, rng, vocab=None):
+    """Replace one head noun by a sibling of the same coarse class ("dog" -> "horse", "circle" -> "star")."""
+    cands = [sent.head(c) for c in range(len(sent.spans))
+             if sent.tags[sent.head(c)] in _NOUN_TAGS
+             and _options(_NOUN_SIBLINGS, _singular(sent.words[sent.head(c)]), vocab)]
+    if not cands:
+        return None
+    i = rng.choice(cands)
+    word = sent.words[i]
+    lemma = _singular(word)
+    new = rng.choice(_options(_NOUN_SIBLINGS, lemma, vocab))
+    if word.lower() != lemma:
+        new = pluralize(new)
+    words = list(sent.words)
+    words[i] = _same_case(new, word)
+    return sent.render(_fix_articles(words, sent.words))
+
+
+NEGATIVE_TYPES = {
+    "reshuffle": reshuffle, "swap_nouns": swap_nouns, "swap_adjectives": swap_adjectives,
+    "replace_adjectives": replace_adjectives, "replace_nouns": replace_nouns,
+}
+
+# one slot per negative, each a fallback chain (METHOD 3.5 table): the first type that yields a new,
+# distinct string fills the slot. swap nouns falls back to swap adjectives then replace nouns (replace
+# adjectives owns slot 3); every substitution falls back to reshuffle.
+SLOT_CHAINS = (
+    ("reshuffle",),
+    ("swap_nouns", "swap_adjectives", "replace_nouns", "reshuffle"),
+    ("replace_adjectives", "replace_nouns", "reshuffle"),
+    ("replace_nouns", "reshuffle"),
+)
+_TRIES = 10  # draws per type before falling back, for when a draw repeats an earlier negative
+
+
+def hard_negatives(caption, k=4, seed=0, vocab=None):
+    """Up to k rule-based hard negatives of a caption, in SLOT_CHAINS order (slots past the 4th cycle
+    through the chains again). Each differs from the caption and from the others (canonical compare).
+    When a slot cannot be filled it is skipped, so fewer than k come back and the caller decides
+    (the negatives CLI drops such records, as METHOD 3.5 does). Same arguments -> same output.
+    vocab: optional set of lowercase words the replacements must come from (e.g. a word-level text
+    tower's vocabulary, so that the synthetic world gets no unknown colours)."""
+    # crc32, not hash(): python salts str hashes per process
+    rng = random.Random(seed * 1_000_003 + zlib.crc32(caption.encode("utf-8")))
+    sent = _Sentence(caption)
+    seen = {_canon(caption)}
+    out = []
+    for slot in range(k):
+        for name in SLOT_CHAINS[slot % len(SLOT_CHAINS)]:
+            neg = None
+            for _ in range(_TRIES):
+                cand = NEGATIVE_TYPES[name](sent, rng, vocab)
+                if cand is None:
+                    break  # this type does not apply to the caption
+                if _canon(cand) not in seen:
+                    neg = cand
+                    break
+            if neg is not None:
+                seen.add(_canon(neg))
+                out.append(neg)
+                break
+    return out
+
+
+# -----------------------------------------------------------------------------
+# files: captions in, concept cache and negatives out
+
+
+def read_records(path, caption_key="caption"):
+    """Records of a JSONL file (one object a line) or a CSV file with a header; each must hold caption_key."""
+    records = []
+    with open(path, newline="", encoding="utf-8") as f:
+        if path.lower().endswith(".csv"):
+            rows = enumerate(csv.DictReader(f), start=2)  # line 1 is the header
+        else:
+            rows = ((n, line) for n, line in enumerate(f, start=1) if line.strip())
+        for n, row in rows:
+            if isinstance(row, str):
+                try:
+                    row = json.loads(row)
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"{path}:{n}: bad JSON line ({err})") from None
+            if not isinstance(row, dict) or not isinstance(row.get(caption_key), str):
+                raise ValueError(f"{path}:{n}: no string under key {caption_key!r}")
+            records.append(row)
+    return records
+
+
+def _pool_map(fn, items, workers, desc):
+    from tqdm import tqdm
+    chunksize = max(1, min(512, len(items) // (8 * max(workers, 1)) or 1))
+    if workers <= 1:
+        return [fn(x) for x in tqdm(items, desc=desc, mininterval=1.0)]
+    with Pool(workers) as pool:  # imap keeps the input order
+        return list(tqdm(pool.imap(fn, items, chunksize=chunksize), total=len(items), desc=desc, mininterval=1.0))
+
+
+def write_concept_cache(path, captions, concepts):
+    with open(path, "w", encoding="utf-8") as f:
+        for i, (c, cs) in enumerate(zip(captions, concepts)):
+            f.write(json.dumps({"i": i, "caption": c, "concepts": cs}, ensure_ascii=False) + "\n")
+
+
+def load_concept_cache(path, captions):
+    """Concept lists from a cache written by `concepts.py extract`, checked against the data's captions:
+    record count, index and caption text must match, or ValueError names the file and line."""
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, start=1):
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{n}: bad JSON line ({err})") from None
+            i = n - 1
+            if i >= len(captions):
+                raise ValueError(f"{path}:{n}: more records than the {len(captions)} captions of the data")
+            if not isinstance(rec, dict) or rec.get("i") != i:
+                raise ValueError(f"{path}:{n}: expected a record with \"i\": {i}")
+            if rec.get("caption") != captions[i]:
+                raise ValueError(f"{path}:{n}: cached caption {rec.get('caption')!r} != data caption {captions[i]!r}")
+            cs = rec.get("concepts")
+            if not isinstance(cs, list) or not cs or not all(isinstance(c, str) for c in cs):
+                raise ValueError(f"{path}:{n}: \"concepts\" must be a non-empty list of strings")
+            out.append(cs)
+    if len(out) != len(captions):
+        raise ValueError(f"{path}: {len(out)} records but the data has {len(captions)} captions")
+    return out
+
+
+def _image_id(rec, i):
+    """The record's image id: image_id / image / image_path / filepath, else its index; digits -> int."""
+    for key in ("image_id", "image", "image_path", "filepath"):
+        v = rec.get(key)
+        if v is not None and v != "":
+            return int(v) if isinstance(v, str) and v.isdigit() else v
+    return i
+
+
+def load_negatives(path, captions=None, k=4):
+    """Negatives from an official-schema file ([{"image_id", "original", "enhanced"}]): the first k of
+    each record, in file order. ValueError names the file and record index on any shape problem, and on
+    a record count or "original" that differs from `captions` when given."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: bad JSON ({err})") from None
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: expected a JSON list of records")
+    if captions is not None and len(data) != len(captions):
+        raise ValueError(f"{path}: {len(data)} records but {len(captions)} captions given")
+    out = []
+    for r, rec in enumerate(data):
+        if not isinstance(rec, dict):
+            raise ValueError(f"{path}: record {r} is not an object")
+        missing = [key for key in ("image_id", "original", "enhanced") if key not in rec]
+        if missing:
+            raise ValueError(f"{path}: record {r} lacks {', '.join(missing)}")
+        neg = rec["enhanced"]
+        if not isinstance(neg, list) or not all(isinstance(s, str) for s in neg):
+            raise ValueError(f"{path}: record {r}: \"enhanced\" must be a list of strings")
+        if len(neg) < k:
+            raise ValueError(f"{path}: record {r} has {len(neg)} negatives, fewer than k={k}")
+        if captions is not None and rec["original"] != captions[r]:
+            raise ValueError(f"{path}: record {r}: original {rec['original']!r} != caption {captions[r]!r}")
+        out.append(neg[:k])
+    return out
+
+
+def _negatives_job(args):
+    caption, k, seed = args
+    return hard_negatives(caption, k=k, seed=seed)
+
+
+# -----------------------------------------------------------------------------
+# command line
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="noun-phrase concepts and rule-based hard negatives")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    ex = sub.add_parser("extract", help="write a concept cache (JSONL) for a caption file")
+    ng = sub.add_parser("negatives", help="write hard negatives in the official DeGLA schema")
+    for p in (ex, ng):
+        p.add_argument("--data", required=True, help="JSONL or CSV with a caption column")
+        p.add_argument("--out", required=True)
+        p.add_argument("--workers", type=int, default=1)
+        p.add_argument("--caption-key", default="caption")
+    ng.add_argument("--k", type=int, default=4)
+    ng.add_argument("--seed", type=int, default=0)
+    sub.add_parser("score", help="precision / recall of the chunker on the gold set")
+    args = ap.parse_args(argv)
+
+    if args.cmd == "score":
+        with open(GOLD_PATH, encoding="utf-8") as f:
+            gold = [json.loads(line) for line in f if line.strip()]
+        s = score_chunker(gold)
+        print(f"tagger {tagger_name()} | {len(gold)} captions | precision {s['precision']:.3f} "
+              f"recall {s['recall']:.3f} f1 {s['f1']:.3f} exact {s['exact']:.3f}")
+        return
+
+    records = read_records(args.data, args.caption_key)
+    captions = [r[args.caption_key] for r in records]
+    print(f"tagger {tagger_name()} | {len(captions)} captions from {args.data}", file=sys.stderr)
+    t0 = time.perf_counter()
+    if args.cmd == "extract":
+        concepts = _pool_map(extract_concepts, captions, args.workers, "concepts")
+        dt = time.perf_counter() - t0
+        write_concept_cache(args.out, captions, concepts)
+        mean = sum(map(len, concepts)) / max(len(concepts), 1)
+        print(f"tagger {tagger_name()} | {len(captions) / max(dt, 1e-9):.0f} captions/s with {args.workers} "
+              f"worker(s) | {mean:.2f} concepts per caption | wrote {args.out}")
+    else:
+        jobs = [(c, args.k, args.seed) for c in captions]
+        negs = _pool_map(_negatives_job, jobs, args.workers, "negatives")
+        dt = time.perf_counter() - t0
+        # METHOD 3.5: a caption that cannot give k distinct negatives is dropped from the file
+        out = [{"image_id": _image_id(r, i), "original": c, "enhanced": n}
+               for i, (r, c, n) in enumerate(zip(records, captions, negs)) if len(n) >= args.k]
+        with open(args.out, "w", encoding="utf-8") as f:
+            json.dump(out, f, ensure_ascii=False)
+        print(f"tagger {tagger_name()} | {len(captions) / max(dt, 1e-9):.0f} captions/s with {args.workers} "
+              f"worker(s) | {len(out)} records written, {len(captions) - len(out)} dropped (< {args.k} "
+              f"distinct negatives) | wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
