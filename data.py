@@ -319,6 +319,31 @@ class Annotated(torch.utils.data.Dataset):
         item.update({name: values[i] for name, values in self.annotations.items()})
         return item
 
+    @property
+    def epoch(self):  # forwarded, so the training loop's per-epoch crops reach a wrapped dataset
+        return getattr(self.dataset, "epoch", 0)
+
+    @epoch.setter
+    def epoch(self, value):
+        self.dataset.epoch = value
+
+
+class Subset(torch.utils.data.Dataset):
+    """the records of a dataset at the given indices, in that order (DeGLA drops captions that have
+    fewer than K hard negatives); items keep the wrapped dataset's "index" for tracing"""
+
+    def __init__(self, dataset, indices):
+        self.dataset, self.indices = dataset, list(indices)
+        self.captions = [dataset.captions[i] for i in self.indices]
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, i):
+        return self.dataset[self.indices[i]]
+
+    epoch = Annotated.epoch  # the same forwarding property
+
 # -----------------------------------------------------------------------------
 # batching
 

@@ -4,6 +4,9 @@ Losses, as pure functions of embeddings. Each returns a scalar; the training loo
   siglip_loss          L_con, the SigLIP pairwise sigmoid loss                (METHOD.md 2.4)
   concept_loss         L_npc, images vs their noun-phrase concepts            (METHOD.md 2.4)
   xattn_concept_loss   L_xac, concepts vs concept-pooled visual tokens        (METHOD.md 2.4, 2.5)
+  degla_base_loss      L_base, NegCLIP-style softmax with hard negatives      (METHOD.md 3.3)
+  igc_loss, tgc_loss   DeGLA's image- and text-grounded contrast             (METHOD.md 3.3)
+  distill_loss         DeGLA's squared distance to the EMA teacher            (METHOD.md 3.3)
 
 All embeddings arrive L2-normalised. Logits are computed in fp32 whatever the autocast dtype.
 
@@ -152,3 +155,96 @@ def gather_owners(owner, images_per_rank):
     rank, _ = world_info()
     local = owner + sum(images_per_rank[:rank])
     return gather(local, with_grad=False)[0]
+
+# -----------------------------------------------------------------------------
+# DeGLA (METHOD.md 3): softmax losses over captions plus K hard negatives per caption.
+#
+# Layout of the global batch: v_all (N, d) images, p_all (N, d) their captions, q_all (N*K, d) the
+# negatives, sample-major (row n*K + k = negative k of sample n). Positives and negatives are
+# gathered separately, never as one [P; Q] block (D-3), so that layout holds at any world size.
+# Each rank computes the rows of its own samples (global rows row_offset .. row_offset + b - 1) and
+# divides by the global N, so the per-rank losses sum to the loss of one process on the whole batch.
+# Only t = exp(logit_scale) scales these logits: a bias shifts a whole softmax row and gets no
+# gradient (METHOD.md 1.3).
+
+
+def _rows(b, row_offset, device):
+    return torch.arange(b, device=device) + row_offset
+
+
+def degla_base_loss(v, v_all, p_all, q_all, logit_scale, row_offset=0, own_only=False):
+    """L_base, NegCLIP-style (METHOD.md 3.3, paper Eq. 4): 1/2 (CE_I->T + CE_T->I), each a mean over N.
+
+    v: this rank's images (b, d); v_all, p_all: all images and captions (N, d); q_all: all negatives (N*K, d).
+    I->T: each image against every caption and, by default, every negative of the global batch (the
+    official code); own_only=True keeps only the image's own K negatives (the paper's Eq. 4).
+    T->I: each of this rank's captions against all images; negatives are never anchors.
+    """
+    v, v_all, p_all, q_all = fp32(v), fp32(v_all), fp32(p_all), fp32(q_all)
+    N, b = p_all.shape[0], v.shape[0]
+    rows = _rows(b, row_offset, v.device)
+    if own_only:
+        q_own = q_all.view(N, -1, q_all.shape[-1])[rows]  # (b, K, d)
+        i2t = torch.cat([v @ p_all.T, torch.einsum("bd,bkd->bk", v, q_own)], dim=1)  # (b, N + K)
+    else:
+        i2t = v @ torch.cat([p_all, q_all]).T  # (b, N + N*K): the official [all positives; all negatives]
+    t2i = p_all[rows] @ v_all.T  # (b, N)
+    t = logit_scale.exp()
+    ce_i2t = F.cross_entropy(t * i2t, rows, reduction="sum")
+    ce_t2i = F.cross_entropy(t * t2i, rows, reduction="sum")
+    return 0.5 * (ce_i2t + ce_t2i) / N
+
+
+def igc_loss(v, p_all, q_all, logit_scale, row_offset=0):
+    """L_IGC, image-grounded contrast (paper Eq. 8): per image a (1+K)-way softmax over its caption and
+    its own K negatives, label 0, mean over the global N. A column subset of L_base's I->T logits."""
+    v, p_all, q_all = fp32(v), fp32(p_all), fp32(q_all)
+    N, b = p_all.shape[0], v.shape[0]
+    rows = _rows(b, row_offset, v.device)
+    q_own = q_all.view(N, -1, q_all.shape[-1])[rows]  # (b, K, d)
+    logits = torch.cat([(v * p_all[rows]).sum(-1, keepdim=True), torch.einsum("bd,bkd->bk", v, q_own)], dim=1)
+    target = torch.zeros(b, dtype=torch.long, device=v.device)
+    return F.cross_entropy(logit_scale.exp() * logits, target, reduction="sum") / N
+
+
+def tgc_negative_rows(rows, N, K, mask="own"):
+    """indices into q_all (N*K, d) of the K negatives each caption in rows meets in L_TGC: (b, K)
+
+    own: its own negatives n*K + k (the paper's Eq. 9, our default).
+    official: the released mask is the identity tiled K times along the negative block instead of
+    interleaved (D-1), so caption n keeps rows m*N + n, m = 0..K-1: negatives of samples (m*N + n) // K,
+    almost never its own.
+    """
+    m = torch.arange(K, device=rows.device)
+    if mask == "own":
+        return rows[:, None] * K + m[None, :]
+    if mask == "official":
+        return m[None, :] * N + rows[:, None]
+    raise ValueError(f"tgc_mask={mask!r}: expected 'own' or 'official'")
+
+
+def tgc_loss(p_all, p_teacher, q_all, row_offset=0, scale=10.0, mask="own"):
+    """L_TGC, text-grounded contrast (paper Eq. 9): this rank's student captions p_i as queries, the
+    EMA teacher's embedding of the same caption as the positive, K student negatives, label 0.
+
+    p_all: all student captions (N, d); p_teacher: the teacher's embeddings of this rank's captions (b, d),
+    no grad; q_all: all student negatives (N*K, d). A fixed scale (10 in the code, the paper's 1/tau).
+    """
+    p_all, p_teacher, q_all = fp32(p_all), fp32(p_teacher).detach(), fp32(q_all)
+    N, b = p_all.shape[0], p_teacher.shape[0]
+    rows = _rows(b, row_offset, p_all.device)
+    p = p_all[rows]  # (b, d)
+    q = q_all[tgc_negative_rows(rows, N, q_all.shape[0] // N, mask)]  # (b, K, d)
+    logits = torch.cat([(p * p_teacher).sum(-1, keepdim=True), torch.einsum("bd,bkd->bk", p, q)], dim=1)
+    target = torch.zeros(b, dtype=torch.long, device=p.device)
+    return F.cross_entropy(scale * logits, target, reduction="sum") / N
+
+
+def distill_loss(student, teacher):
+    """L_distill (paper Eq. 7): sum over every vector of |s - s*|^2, no mean, no temperature.
+
+    student, teacher: matching tuples of (n_j, d) tensors (this rank's images, captions, negatives).
+    A sum, so the per-rank values add up to the global one; its size grows with the batch (D-2: the
+    training loop scales its weight by ref_batch / N).
+    """
+    return sum(((fp32(s) - fp32(t).detach()) ** 2).sum() for s, t in zip(student, teacher))

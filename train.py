@@ -5,6 +5,7 @@ One code path for every world size (gloo on CPU, nccl on GPU); world size 1 is t
 
     python train.py                                   # tiny model on the built-in world, CPU, ~5 min
     python train.py --loss=c2lip                      # + L_npc and L_xac (concepts by NLTK chunking)
+    python train.py --loss=degla                      # DeGLA: hard negatives, EMA teacher, IGC/TGC/distill
     python train.py --data=my/captions.jsonl          # your own images and captions (JSONL or CSV)
     torchrun --standalone --nproc_per_node=2 train.py # the same run on 2 processes
 
@@ -12,6 +13,7 @@ Every field of Config can be set as --key=value; unknown keys are an error. The 
 is written to out_dir/config.json and into every checkpoint.
 """
 
+import copy
 import json
 import math
 import os
@@ -52,12 +54,22 @@ class Config:
     model: str = "tiny"              # size preset in model.PRESETS: tiny, S/16, B/16
     image_size: int = 0              # 0 = the preset's
     # loss
-    loss: str = "siglip"             # siglip | c2lip
+    loss: str = "siglip"             # siglip | c2lip | degla
     npc_weight: float = 1.0          # C2LIP: weight of L_npc
     xac_weight: float = 0.01         # C2LIP: weight of L_xac
     xac_temperature: float = 1.0     # C2LIP: lambda inside the patch softmax
     xac_chunk: int = 0               # C2LIP: images per L_xac chunk (0 = all at once)
     concepts: str = ""               # C2LIP: concept cache from `python concepts.py extract` ("" = extract now)
+    negatives: str = ""              # DeGLA: negatives file in the official shape ("" = generate with concepts.py)
+    num_negatives: int = 4           # DeGLA: K hard negatives per caption
+    ema_decay: float = 0.9996        # DeGLA: teacher <- a * teacher + (1 - a) * student after every step
+    igc_weight: float = 0.1          # DeGLA: lambda_1, image-grounded contrast
+    tgc_weight: float = 0.1          # DeGLA: lambda_2, text-grounded contrast
+    distill_weight: float = 0.005    # DeGLA: lambda_3 at distill_ref_batch; used as x distill_ref_batch / batch_size
+    distill_ref_batch: int = 256     # DeGLA: the global batch lambda_3 was tuned at (official 8 x 32)
+    tgc_scale: float = 10.0          # DeGLA: fixed logit scale of L_TGC (official code)
+    tgc_mask: str = "own"            # DeGLA: own = the paper's own negatives | official = the released tiled mask (D-1)
+    base_own_only: bool = False      # DeGLA: L_base I->T over the image's own K negatives (paper) instead of all (code)
     # optimisation
     batch_size: int = 128            # global batch, split over ranks
     steps: int = 1000
@@ -149,6 +161,17 @@ def compute_losses(out, batch, cfg, rank_images):
     offset = sum(rank_images[:rank])
     t, b = out["logit_scale"], out["logit_bias"]
     y_all, _ = losses.gather(out["text"])
+    if cfg.loss == "degla":  # L_base replaces L_con; the EMA teacher's outputs arrive as batch["teacher"]
+        v_all, _ = losses.gather(out["image"])
+        q_all, _ = losses.gather(out["extra"])  # negatives gathered apart from the captions (D-3)
+        tea = batch["teacher"]
+        return {
+            "base": losses.degla_base_loss(out["image"], v_all, y_all, q_all, t, offset, cfg.base_own_only),
+            "igc": losses.igc_loss(out["image"], y_all, q_all, t, offset),
+            "tgc": losses.tgc_loss(y_all, tea["text"], q_all, offset, cfg.tgc_scale, cfg.tgc_mask),
+            "distill": losses.distill_loss((out["image"], out["text"], out["extra"]),
+                                           (tea["image"], tea["text"], tea["extra"])),
+        }
     terms = {"con": losses.siglip_loss(out["image"], y_all, t, b, offset)}
     if cfg.loss == "c2lip":
         c_all, _ = losses.gather(out["extra"])
@@ -159,7 +182,18 @@ def compute_losses(out, batch, cfg, rank_images):
     return terms
 
 
-LOSS_WEIGHTS = {"con": lambda cfg: 1.0, "npc": lambda cfg: cfg.npc_weight, "xac": lambda cfg: cfg.xac_weight}
+LOSS_WEIGHTS = {"con": lambda cfg: 1.0, "npc": lambda cfg: cfg.npc_weight, "xac": lambda cfg: cfg.xac_weight,
+                "base": lambda cfg: 1.0, "igc": lambda cfg: cfg.igc_weight, "tgc": lambda cfg: cfg.tgc_weight,
+                # D-2: L_distill is a sum over the batch, so its pull grows with N; keep the strength lambda_3
+                # had at the reference batch: 0.005 * 256 / N (0.01 at our default N = 128)
+                "distill": lambda cfg: cfg.distill_weight * cfg.distill_ref_batch / cfg.batch_size}
+
+
+@torch.no_grad()
+def ema_update(teacher, student, decay):
+    """theta* <- a * theta* + (1 - a) * theta over all parameters, in order; buffers are not averaged (METHOD.md 3.2)"""
+    for pt, ps in zip(teacher.parameters(), student.parameters()):
+        pt.lerp_(ps.detach(), 1.0 - decay)
 
 
 def save_checkpoint(path, model, optimizer, cfg, tokenizer, step, extra=None):
@@ -205,6 +239,35 @@ def model_from_checkpoint(ckpt):
 # data setup
 
 
+def hard_negatives_for(captions, cfg, vocab=None, log=print):
+    """DeGLA's K negatives per caption -> (negatives of the kept records, kept indices).
+
+    From cfg.negatives (the official file shape, matched to the data by its "original" caption; the
+    first record of a repeated caption wins; captions missing from the file are generated) or
+    generated by concepts.hard_negatives, seeded by cfg.seed. A caption with fewer than K distinct
+    negatives is dropped from training, as the negatives CLI does (METHOD.md 3.5): repeating a
+    negative would count it twice in every softmax.
+    """
+    import concepts
+    k, t0 = cfg.num_negatives, time.time()
+    given = {}
+    if cfg.negatives:
+        from_file = concepts.load_negatives(cfg.negatives, None, k)  # checks the shape, names bad records
+        with open(cfg.negatives, encoding="utf-8") as f:
+            originals = [rec["original"] for rec in json.load(f)]
+        for original, negs in zip(originals, from_file):
+            given.setdefault(original, negs)
+    negatives = [given[c] if c in given else concepts.hard_negatives(c, k, cfg.seed, vocab) for c in captions]
+    keep = [i for i, n in enumerate(negatives) if len(n) >= k]
+    n_file = sum(c in given for c in captions)
+    log(f"negatives: {len(captions)} captions, {n_file} from {cfg.negatives or 'no file'}, "
+        f"{len(captions) - n_file} generated (tagger {concepts.tagger_name()}) in {time.time() - t0:.1f}s; "
+        f"{len(captions) - len(keep)} dropped with fewer than K={k} distinct negatives")
+    if not keep:
+        raise ValueError(f"no caption has {k} distinct hard negatives; lower --num_negatives")
+    return [negatives[i] for i in keep], keep
+
+
 def build_data(cfg, mcfg, log=print):
     """(dataset, tokenizer) for the configured source; adds concepts for C2LIP"""
     if cfg.data == "world":
@@ -226,8 +289,13 @@ def build_data(cfg, mcfg, log=print):
                 f"with tagger {concepts.tagger_name()}")
         n = [len(c) for c in annotations["concepts"]]
         log(f"concepts: {sum(n) / len(n):.2f} per caption on average, max {max(n)}")
-    if tokenizer is None:  # word vocabulary of the user's captions and concepts, saved in the checkpoint
-        texts = dataset.captions + [p for c in annotations.get("concepts", []) for p in c]
+    if cfg.loss == "degla":
+        vocab = set(data.world_vocabulary()) if cfg.data == "world" else None  # replacements stay in-vocabulary
+        annotations["negatives"], keep = hard_negatives_for(dataset.captions, cfg, vocab, log)
+        if len(keep) < len(dataset):
+            dataset = data.Subset(dataset, keep)
+    if tokenizer is None:  # word vocabulary of the user's captions, concepts and negatives, saved in the checkpoint
+        texts = dataset.captions + [p for values in annotations.values() for rec in values for p in rec]
         tokenizer = WordTokenizer.build(texts, mcfg.context_length, min_count=2, max_size=mcfg.vocab_size - 3)
     if annotations:
         dataset = data.Annotated(dataset, **annotations)
@@ -257,8 +325,10 @@ def main(cfg):
     if cfg.batch_size % world:
         raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the world size {world}")
     local_batch = cfg.batch_size // world
-    if cfg.loss not in ("siglip", "c2lip"):
-        raise ValueError(f"--loss={cfg.loss}: expected siglip or c2lip")
+    if cfg.loss not in ("siglip", "c2lip", "degla"):
+        raise ValueError(f"--loss={cfg.loss}: expected siglip, c2lip or degla")
+    if cfg.tgc_mask not in ("own", "official"):
+        raise ValueError(f"--tgc_mask={cfg.tgc_mask}: expected own or official")
 
     # model and tokenizer (from --init, --resume or fresh)
     ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
@@ -278,6 +348,14 @@ def main(cfg):
     if init_ckpt is not None:
         model.load_state_dict(init_ckpt["model"])
     model.to(device)
+    teacher = None
+    if cfg.loss == "degla":
+        model.logit_bias.requires_grad_(False)  # no softmax loss uses b, and DDP needs every trainable param used
+        teacher = copy.deepcopy(model).requires_grad_(False).eval()  # EMA teacher, fp32 (METHOD.md 3.2)
+        if resume_ckpt is not None:
+            if "teacher" not in resume_ckpt:
+                raise ValueError(f"{ckpt_path} has no EMA teacher: it was not written by a --loss=degla run")
+            teacher.load_state_dict(resume_ckpt["teacher"])
     log(f"model {cfg.model}: {model.num_params() / 1e6:.2f}M parameters, {model.visual.num_patches} patches, "
         f"vocab {tokenizer.vocab_size}, context {mcfg.context_length}")
     optimizer = configure_optimizer(model, cfg, log)
@@ -327,10 +405,13 @@ def main(cfg):
             g["lr"] = lr * g["lr_mult"]
         batch = next(it)
         images, tokens = batch["images"].to(device, non_blocking=True), batch["tokens"].to(device, non_blocking=True)
-        extra = batch.get("concept_tokens")
+        extra = batch.get("concept_tokens", batch.get("negative_tokens"))
         with autocast:
             out = forward(images, tokens, extra.to(device) if extra is not None else None,
                           return_tokens=cfg.loss == "c2lip")
+            if teacher is not None:
+                with torch.no_grad():
+                    batch["teacher"] = teacher(images, tokens, extra.to(device))
             if "owner" in batch:
                 batch["owner"] = batch["owner"].to(device)
             rank_images = losses.gather_sizes(images.shape[0], device)
@@ -342,6 +423,8 @@ def main(cfg):
         optimizer.zero_grad(set_to_none=True)
         with torch.no_grad():
             model.logit_scale.clamp_(0, cfg.max_logit_scale)
+        if teacher is not None:
+            ema_update(teacher, model, cfg.ema_decay)  # after the clamp (METHOD.md 3.3 step order)
         step += 1
         n_log += images.shape[0] * world
         pbar.update(1)
@@ -360,7 +443,8 @@ def main(cfg):
                 metrics_file.flush()
             t_log, n_log = time.time(), 0
         if master and (step % cfg.ckpt_every == 0 or step == cfg.steps):
-            save_checkpoint(ckpt_path, model, optimizer, cfg, tokenizer, step)
+            save_checkpoint(ckpt_path, model, optimizer, cfg, tokenizer, step,
+                            extra={"teacher": teacher.state_dict()} if teacher is not None else None)
         if ddp and step % cfg.ckpt_every == 0:
             dist.barrier()  # nobody runs ahead of a checkpoint being written
     pbar.close()
