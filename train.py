@@ -50,6 +50,8 @@ class Config:
     min_objects: int = 2
     max_objects: int = 3
     workers: int = 0                 # DataLoader worker processes per rank
+    bad_data: str = "skip"           # skip (and report) or error on a bad record or unreadable image
+    max_skip_fraction: float = 0.01  # stop once more than this fraction of the records was skipped
     # model
     model: str = "tiny"              # size preset in model.PRESETS: tiny, S/16, B/16
     image_size: int = 0              # 0 = the preset's
@@ -90,6 +92,7 @@ class Config:
     ckpt_every: int = 250
     eval: bool = True                # evaluate on the held-out world at the end (rank 0)
     eval_scenes: int = 1000
+    nonfinite: str = "stop"          # a NaN/inf loss: stop (last good checkpoint kept) or skip the step
 
 
 def parse_value(text, kind, name):
@@ -206,8 +209,8 @@ def save_checkpoint(path, model, optimizer, cfg, tokenizer, step, extra=None):
         "tokenizer": tokenizer.state_dict(),
         "step": step,
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
-        "rng": {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
-                "python_version": random.getstate()[0], "python_gauss": random.getstate()[2]},
+        # no RNG state: data order, crops and negatives are functions of (seed, epoch, index), so a resumed
+        # run only needs the step
     }
     ckpt.update(extra or {})
     tmp = path + ".tmp"
@@ -275,7 +278,7 @@ def build_data(cfg, mcfg, log=print):
         tokenizer = WordTokenizer(data.world_vocabulary(), mcfg.context_length)
     else:
         dataset = data.CaptionFileDataset(cfg.data, mcfg.image_size, train=True, image_key=cfg.image_key,
-                                          caption_key=cfg.caption_key, seed=cfg.seed)
+                                          caption_key=cfg.caption_key, seed=cfg.seed, on_error=cfg.bad_data)
         tokenizer = None
     annotations = {}
     if cfg.loss == "c2lip":
@@ -300,6 +303,91 @@ def build_data(cfg, mcfg, log=print):
     if annotations:
         dataset = data.Annotated(dataset, **annotations)
     return dataset, tokenizer
+
+# -----------------------------------------------------------------------------
+# reliability: resume checks, bad data, non-finite losses
+
+RESUME_KEYS = ("data", "model", "image_size", "loss", "batch_size", "seed", "world_scenes", "min_objects",
+               "max_objects", "num_negatives", "concepts", "negatives")  # what must not change under --resume
+
+
+def check_resume_config(saved, cfg, path):
+    diff = [f"{k}: {saved.get(k)!r} -> {getattr(cfg, k)!r}" for k in RESUME_KEYS if saved.get(k) != getattr(cfg, k)]
+    if diff:
+        raise ValueError(f"--resume: {path} was written by a different run ({'; '.join(diff)}); "
+                         f"use another --out_dir or the same settings")
+
+
+def all_finite(loss, ddp):
+    """one host sync per step; under DDP every rank must take the same decision"""
+    ok = torch.isfinite(loss.detach()).float()
+    if ddp:
+        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+    return bool(ok.item())
+
+
+def empty_batch(mcfg, cfg):
+    """a zero-row batch: the rank still joins every collective of the step"""
+    z = torch.zeros(0, mcfg.context_length, dtype=torch.long)
+    out = {"images": torch.zeros(0, 3, mcfg.image_size, mcfg.image_size), "tokens": z}
+    if cfg.loss == "c2lip":
+        out.update(concept_tokens=z, owner=torch.zeros(0, dtype=torch.long))
+    if cfg.loss == "degla":
+        out["negative_tokens"] = z
+    return out
+
+
+class BadDataReport:
+    """counts and lists every record that was skipped (bad line, unreadable image) or altered (caption
+    truncated to the context), in out_dir/bad_records.jsonl, and stops the run past cfg.max_skip_fraction"""
+
+    def __init__(self, cfg, dataset, tokenizer, master, log):
+        self.cfg, self.master, self.log = cfg, master, log
+        self.n_records = len(dataset) + len(getattr(dataset, "problems", []))
+        self.path = os.path.join(cfg.out_dir, "bad_records.jsonl")
+        self.load_skipped = list(getattr(getattr(dataset, "dataset", dataset), "problems", []))
+        self.image_skips = 0
+        self.nonfinite_steps = 0
+        # a caption longer than the context is truncated (its EOS kept last), as SigLIP does
+        limit = tokenizer.context_length - 1
+        long = [i for i, c in enumerate(dataset.captions) if len(tokenizer.encode([c])[0].nonzero()) > limit] \
+            if cfg.data != "world" else []
+        if master:
+            os.makedirs(cfg.out_dir, exist_ok=True)
+            with open(self.path, "a") as f:
+                for p in self.load_skipped:
+                    f.write(json.dumps({**p, "action": "skipped"}) + "\n")
+                for i in long:
+                    f.write(json.dumps({"file": cfg.data, "index": i, "action": "truncated",
+                                        "reason": f"caption longer than {limit} tokens"}) + "\n")
+        if self.load_skipped or long:
+            log(f"data: {len(self.load_skipped)} bad records skipped at load, {len(long)} captions truncated "
+                f"to the context; listed in {self.path}")
+        self.check()
+
+    def add_skipped(self, skipped, n_global):
+        """skipped: this rank's unreadable images (each rank lists its own); n_global: all ranks' count"""
+        self.image_skips += n_global
+        if skipped:
+            with open(self.path, "a") as f:
+                for s in skipped:
+                    f.write(json.dumps({"index": s["index"], "action": "skipped", "reason": s["reason"]}) + "\n")
+        if n_global:
+            self.check()
+
+    def skipped(self):
+        return len(self.load_skipped) + self.image_skips
+
+    def check(self):
+        if self.skipped() > self.cfg.max_skip_fraction * self.n_records:
+            raise RuntimeError(f"{self.skipped()} of {self.n_records} records skipped, more than "
+                               f"--max_skip_fraction={self.cfg.max_skip_fraction}; see {self.path}")
+
+    def summary(self):
+        if self.skipped() or self.nonfinite_steps:
+            self.log(f"data: {self.skipped()} records skipped in all ({len(self.load_skipped)} at load, "
+                     f"{self.image_skips} unreadable images), {self.nonfinite_steps} non-finite steps skipped; "
+                     f"see {self.path}")
 
 # -----------------------------------------------------------------------------
 # main
@@ -327,6 +415,9 @@ def main(cfg):
     local_batch = cfg.batch_size // world
     if cfg.loss not in ("siglip", "c2lip", "degla"):
         raise ValueError(f"--loss={cfg.loss}: expected siglip, c2lip or degla")
+    for name, allowed in (("bad_data", ("skip", "error")), ("nonfinite", ("stop", "skip"))):
+        if getattr(cfg, name) not in allowed:
+            raise ValueError(f"--{name}={getattr(cfg, name)}: expected one of {', '.join(allowed)}")
     if cfg.tgc_mask not in ("own", "official"):
         raise ValueError(f"--tgc_mask={cfg.tgc_mask}: expected own or official")
 
@@ -334,19 +425,27 @@ def main(cfg):
     ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
     resume_ckpt = load_checkpoint(ckpt_path) if cfg.resume and os.path.exists(ckpt_path) else None
     init_ckpt = resume_ckpt or (load_checkpoint(cfg.init) if cfg.init else None)
+    if resume_ckpt is not None:
+        check_resume_config(resume_ckpt["config"], cfg, ckpt_path)
     if init_ckpt is not None:
         mcfg = ModelConfig(**init_ckpt["model_config"])
+        if cfg.image_size and cfg.image_size != mcfg.image_size:
+            raise ValueError(f"--image_size={cfg.image_size} does not match the checkpoint's {mcfg.image_size}")
     else:
         mcfg = model_config(cfg.model, **({"image_size": cfg.image_size} if cfg.image_size else {}))
     torch.manual_seed(cfg.seed)  # same initial weights on every rank
     random.seed(cfg.seed)
     dataset, tokenizer = build_data(cfg, mcfg, log)
+    report = BadDataReport(cfg, dataset, tokenizer, master, log)
     if init_ckpt is not None:
         tokenizer = tokenizer_from_state_dict(init_ckpt["tokenizer"])
     mcfg.vocab_size = tokenizer.vocab_size
     model = DualEncoder(mcfg)
     if init_ckpt is not None:
-        model.load_state_dict(init_ckpt["model"])
+        try:
+            model.load_state_dict(init_ckpt["model"])
+        except RuntimeError as e:
+            raise ValueError(f"checkpoint weights do not fit its own model config: {e}") from None
     model.to(device)
     teacher = None
     if cfg.loss == "degla":
@@ -404,6 +503,10 @@ def main(cfg):
         for g in optimizer.param_groups:
             g["lr"] = lr * g["lr_mult"]
         batch = next(it)
+        if batch["images"] is None:  # every image of this rank's batch was unreadable: take part with no rows
+            batch.update(empty_batch(mcfg, cfg))
+        rank_images = losses.gather_sizes(batch["images"].shape[0], device)
+        report.add_skipped(batch["skipped"], cfg.batch_size - sum(rank_images))
         images, tokens = batch["images"].to(device, non_blocking=True), batch["tokens"].to(device, non_blocking=True)
         extra = batch.get("concept_tokens", batch.get("negative_tokens"))
         with autocast:
@@ -414,11 +517,21 @@ def main(cfg):
                     batch["teacher"] = teacher(images, tokens, extra.to(device))
             if "owner" in batch:
                 batch["owner"] = batch["owner"].to(device)
-            rank_images = losses.gather_sizes(images.shape[0], device)
             terms = compute_losses(out, batch, cfg, rank_images)
             loss = sum(LOSS_WEIGHTS[k](cfg) * v for k, v in terms.items())
         # each rank holds its share of the global loss; x world so that DDP's gradient mean is the global gradient
         (loss * world).backward()
+        if not all_finite(loss, ddp):
+            optimizer.zero_grad(set_to_none=True)
+            msg = (f"non-finite loss at step {step + 1} ({', '.join(f'{k} {v.item():.4g}' for k, v in terms.items())}); "
+                   f"the last good checkpoint {ckpt_path} is kept")
+            if cfg.nonfinite == "stop":
+                raise FloatingPointError(msg + "; --nonfinite=skip skips such steps instead")
+            log("warning: " + msg + "; step skipped")
+            report.nonfinite_steps += 1
+            step += 1
+            pbar.update(1)
+            continue
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         with torch.no_grad():
@@ -449,6 +562,7 @@ def main(cfg):
             dist.barrier()  # nobody runs ahead of a checkpoint being written
     pbar.close()
     log(f"trained to step {step} in {time.time() - t_start:.0f}s")
+    report.summary()
 
     if master and cfg.eval and cfg.data == "world":
         import evaluate
