@@ -854,6 +854,81 @@ def evaluate_world(model, tokenizer, seed=0, n_scenes=1000, image_size=32, devic
 # output
 
 
+# -----------------------------------------------------------------------------
+# concept attention maps (C2LIP Figure 2 style)
+
+
+@torch.no_grad()
+def concept_attention(model, tokenizer, images, phrases, temperature=1.0):
+    """C2LIP's parameter-free cross-modal attention of each phrase over its image's patches.
+
+    images (n, 3, H, W), phrases n strings -> (n, gh, gw) weights summing to 1 per image:
+    softmax over patches of temperature * cos(u_t, c), u_t the MAP value-path tokens (METHOD.md 2.3-2.4).
+    """
+    model.eval()
+    _, tokens = model.encode_image(images, return_tokens=True)  # (n, T, d)
+    c = model.encode_text(tokenizer.encode(phrases).to(images.device))  # (n, d)
+    a = torch.softmax(temperature * torch.einsum("ntd,nd->nt", tokens.float(), c.float()), dim=-1)
+    g = int(round(a.shape[1] ** 0.5))
+    return a.view(-1, g, g).cpu()
+
+
+def _heat(m, lo, hi, diverging=False):
+    """(gh, gw) -> RGB uint8: black-to-yellow for weights, blue-white-red for differences"""
+    import numpy as np
+    x = ((m - lo) / max(hi - lo, 1e-12)).clamp(0, 1).numpy()
+    if diverging:
+        r = np.clip(2 * x, 0, 1)
+        b = np.clip(2 - 2 * x, 0, 1)
+        g = 1 - np.abs(2 * x - 1)
+        rgb = np.stack([r, g, b], -1)
+    else:
+        rgb = np.stack([np.clip(1.5 * x, 0, 1), np.clip(1.5 * x - 0.5, 0, 1), 0.15 * np.ones_like(x)], -1)
+    return (255 * rgb).astype(np.uint8)
+
+
+def attention_figure(path, models, tokenizer, n_scenes=3, seed=0, image_size=32, temperature=1.0, cell=128):
+    """PNG: for held-out two-object scenes and each object's phrase, the image, each model's attention
+    map and (with two models) their difference. models: [(name, model)], sharing the tokenizer's vocabulary."""
+    from PIL import Image as PILImage, ImageDraw
+    scenes = []
+    for i in range(10_000):
+        img, _, objs = data.make_scene(seed + data.TEST_SEED_OFFSET + 11, i, image_size, 2, 2)
+        if objs[0]["colour"] != objs[1]["colour"] and objs[0]["shape"] != objs[1]["shape"]:
+            scenes.append((img, objs))
+        if len(scenes) == n_scenes:
+            break
+    rows = [(img, data.object_phrase(o)) for img, objs in scenes for o in objs]
+    images = torch.stack([data.to_tensor(img) for img, _ in rows])
+    maps = [concept_attention(m, tokenizer, images.to(next(m.parameters()).device), [p for _, p in rows], temperature)
+            for _, m in models]
+    cols = 1 + len(models) + (len(models) == 2)
+    pad, label = 6, 28
+    sheet = PILImage.new("RGB", (cols * (cell + pad) + pad, len(rows) * (cell + label + pad) + label), "white")
+    draw = ImageDraw.Draw(sheet)
+    heads = ["image"] + [n for n, _ in models] + ([f"{models[0][0]} - {models[1][0]}"] if len(models) == 2 else [])
+    for j, h in enumerate(heads):
+        draw.text((pad + j * (cell + pad), 6), h, fill="black")
+    stats = []
+    for r, (img, phrase) in enumerate(rows):
+        y = label + r * (cell + label + pad)
+        tiles = [img] + [_heat(mp[r], mp[r].min().item(), mp[r].max().item()) for mp in maps]  # min-max per map
+        if len(models) == 2:
+            d = maps[0][r] - maps[1][r]
+            lim = max(d.abs().max().item(), 1e-6)
+            tiles.append(_heat(d, -lim, lim, diverging=True))
+        for j, t in enumerate(tiles):
+            resample = PILImage.BILINEAR if j == 0 else PILImage.NEAREST
+            sheet.paste(PILImage.fromarray(t).resize((cell, cell), resample), (pad + j * (cell + pad), y))
+        draw.text((pad, y + cell + 2), f'"{phrase}"   ' + "   ".join(
+            f"{n}: max/min {mp[r].max().item() / mp[r].min().item():.2f}" for (n, _), mp in zip(models, maps)), fill="black")
+        stats.append({"phrase": phrase, **{n: mp[r].tolist() for (n, _), mp in zip(models, maps)}})
+    sheet.save(path)
+    return stats
+
+# -----------------------------------------------------------------------------
+# output
+
 def print_table(results, title="built-in world, held-out scenes"):
     """flat {metric: fraction} -> table of x100"""
     print(f"\n{title}")
@@ -889,7 +964,7 @@ if __name__ == "__main__":
     from train import load_checkpoint, model_from_checkpoint
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", required=True)
-    p.add_argument("--task", default="world", choices=["world", "all"] + TASKS)
+    p.add_argument("--task", default="world", choices=["world", "all", "attention"] + TASKS)
     p.add_argument("--root", default="", help="benchmark root, laid out as above (not needed for --task=world)")
     p.add_argument("--out", default="", help="output folder (default: benchmarks/ beside the checkpoint)")
     p.add_argument("--batch-size", type=int, default=256)
@@ -904,13 +979,26 @@ if __name__ == "__main__":
     p.add_argument("--order-seed", type=int, default=1, help="ARO-Order perturbation seed")
     p.add_argument("--scenes", type=int, default=1000, help="world: held-out scenes per test")
     p.add_argument("--seed", type=int, default=0, help="world: seed of the held-out scenes")
+    p.add_argument("--compare", default="", help="attention: a second checkpoint, drawn beside --ckpt with the difference")
+    p.add_argument("--temperature", type=float, default=1.0, help="attention: lambda inside the patch softmax")
     a = p.parse_args()
     torch.set_num_threads(min(torch.get_num_threads(), os.cpu_count() or 1))
     ckpt = load_checkpoint(a.ckpt)
     model, tokenizer = model_from_checkpoint(ckpt)
     model.to(a.device)
     out_dir = a.out or os.path.join(os.path.dirname(os.path.abspath(a.ckpt)), "benchmarks")
-    if a.task == "world":
+    if a.task == "attention":
+        models = [(os.path.basename(os.path.dirname(os.path.abspath(a.ckpt))), model)]
+        if a.compare:
+            other, other_tok = model_from_checkpoint(load_checkpoint(a.compare))
+            if other_tok.state_dict() != tokenizer.state_dict():
+                p.error("--compare: the two checkpoints use different tokenizers")
+            models.append((os.path.basename(os.path.dirname(os.path.abspath(a.compare))), other.to(a.device)))
+        path = a.out or os.path.join(os.path.dirname(os.path.abspath(a.ckpt)), "attention.png")
+        attention_figure(path, models, tokenizer, n_scenes=3, seed=a.seed, image_size=model.cfg.image_size,
+                         temperature=a.temperature)
+        print(f"wrote {path}")
+    elif a.task == "world":
         res = evaluate_world(model, tokenizer, a.seed, a.scenes, model.cfg.image_size, a.device, a.batch_size, True)
         print_table(res)
         os.makedirs(out_dir, exist_ok=True)

@@ -47,6 +47,7 @@ class Config:
     image_key: str = "image"         # field names in a JSONL/CSV file
     caption_key: str = "caption"
     world_scenes: int = 40000        # training scenes of the built-in world
+    world_seed: int = 0              # which scenes (fixed across --seed, so seeds vary training, not data)
     min_objects: int = 2
     max_objects: int = 3
     workers: int = 0                 # DataLoader worker processes per rank
@@ -274,7 +275,7 @@ def hard_negatives_for(captions, cfg, vocab=None, log=print):
 def build_data(cfg, mcfg, log=print):
     """(dataset, tokenizer) for the configured source; adds concepts for C2LIP"""
     if cfg.data == "world":
-        dataset = data.WorldDataset(cfg.world_scenes, cfg.seed, mcfg.image_size, cfg.min_objects, cfg.max_objects)
+        dataset = data.WorldDataset(cfg.world_scenes, cfg.world_seed, mcfg.image_size, cfg.min_objects, cfg.max_objects)
         tokenizer = WordTokenizer(data.world_vocabulary(), mcfg.context_length)
     else:
         dataset = data.CaptionFileDataset(cfg.data, mcfg.image_size, train=True, image_key=cfg.image_key,
@@ -307,7 +308,7 @@ def build_data(cfg, mcfg, log=print):
 # -----------------------------------------------------------------------------
 # reliability: resume checks, bad data, non-finite losses
 
-RESUME_KEYS = ("data", "model", "image_size", "loss", "batch_size", "seed", "world_scenes", "min_objects",
+RESUME_KEYS = ("data", "model", "image_size", "loss", "batch_size", "seed", "world_scenes", "world_seed", "min_objects",
                "max_objects", "num_negatives", "concepts", "negatives")  # what must not change under --resume
 
 
@@ -567,7 +568,7 @@ def main(cfg):
     if master and cfg.eval and cfg.data == "world":
         import evaluate
         model.eval()
-        results = evaluate.evaluate_world(model, tokenizer, seed=cfg.seed, n_scenes=cfg.eval_scenes,
+        results = evaluate.evaluate_world(model, tokenizer, seed=cfg.world_seed, n_scenes=cfg.eval_scenes,
                                           image_size=mcfg.image_size, device=device)
         evaluate.print_table(results)
         with open(os.path.join(cfg.out_dir, "eval.json"), "w") as f:

@@ -1,0 +1,176 @@
+"""
+Reproduce both papers' claims on the built-in world, in one command.
+
+Protocol (mirrors the papers): pretrain a SigLIP model on the world's long captions (the stand-in for the
+web-scale SigLIP/CLIP both papers start from); from that checkpoint fine-tune with the same data, budget and
+seed (a) SigLIP loss only, the fair control; (b) C2LIP; (c) DeGLA; plus the papers' ablations. Every model,
+the pretrained one included, is scored by evaluate.py's suite on held-out scenes (the same export/score code
+path as the public benchmarks); mean and std over seeds go to a JSON and a markdown table. Attention maps
+(C2LIP minus the control) are drawn for seed 0.
+
+    python reproduce.py                                # tiny model, 3 seeds, ablations: about an hour on 2 cores
+    python reproduce.py --seeds=0 --ablations=false    # the main table for one seed only
+    python reproduce.py --model=S/16 --image_size=64   # larger; runs under torchrun too (rank 0 evaluates)
+
+Runs that already finished (a checkpoint at the final step in their folder) are not repeated, so an
+interrupted reproduction continues where it stopped.
+"""
+
+import json
+import os
+import statistics
+import sys
+import time
+from dataclasses import dataclass, asdict
+
+import torch
+
+import evaluate
+import train
+
+
+@dataclass
+class Settings:
+    out_dir: str = "runs/reproduce"
+    seeds: str = "0,1,2"              # fine-tuning seeds (the pretrained model is shared)
+    model: str = "tiny"
+    image_size: int = 0               # 0 = the preset's
+    pretrain_steps: int = 1000
+    pretrain_lr: float = 2e-3
+    finetune_steps: int = 300
+    finetune_lr: float = 5e-4
+    finetune_warmup: int = 20
+    batch_size: int = 128
+    world_scenes: int = 40000         # training scenes, shared by pretraining and every fine-tune
+    eval_scenes: int = 1000
+    ablations: bool = True
+
+
+# (name, loss, overrides); the first three are the main table
+MAIN = [
+    ("SigLIP ft (control)", "siglip", {}),
+    ("C2LIP", "c2lip", {}),
+    ("DeGLA", "degla", {}),
+]
+ABLATIONS = [
+    ("C2LIP: L_npc only", "c2lip", {"xac_weight": 0.0}),
+    ("C2LIP: L_xac only", "c2lip", {"npc_weight": 0.0}),
+    ("C2LIP: L_xac weight 1.0", "c2lip", {"xac_weight": 1.0}),
+    ("DeGLA: no distillation", "degla", {"distill_weight": 0.0}),
+    ("DeGLA: no IGC", "degla", {"igc_weight": 0.0}),
+    ("DeGLA: no TGC", "degla", {"tgc_weight": 0.0}),
+]
+COLUMNS = [  # (metric key of evaluate_world, header)
+    ("i2t_R@1", "I→T R@1"), ("t2i_R@1", "T→I R@1"), ("zeroshot_shape", "ZS shape"),
+    ("zeroshot_colour_shape", "ZS colour+shape"), ("replace_att", "repl-att"), ("replace_obj", "repl-obj"),
+    ("add_att", "add-att"), ("add_obj", "add-obj"), ("swap_att", "swap-att"), ("concept_binding", "concept binding"),
+]
+
+
+def slug(name):
+    return "".join(ch if ch.isalnum() else "_" for ch in name.lower()).strip("_")
+
+
+def finished(out_dir, steps):
+    path = os.path.join(out_dir, "ckpt.pt")
+    return os.path.exists(path) and train.load_checkpoint(path)["step"] >= steps
+
+
+def run(cfg):
+    """train unless already done; returns the wall time in seconds (0 when reused)"""
+    if finished(cfg.out_dir, cfg.steps):
+        print(f"reusing {cfg.out_dir}")
+        return 0.0
+    if os.path.exists(os.path.join(cfg.out_dir, "ckpt.pt")):
+        cfg.resume = True  # an interrupted run continues exactly
+    t0 = time.time()
+    train.main(cfg)
+    return time.time() - t0
+
+
+def score(ckpt_path, s):
+    model, tok = train.model_from_checkpoint(train.load_checkpoint(ckpt_path))
+    return model, tok, evaluate.evaluate_world(model, tok, seed=0, n_scenes=s.eval_scenes, image_size=model.cfg.image_size)
+
+
+def fmt(values):
+    if len(values) == 1:
+        return f"{100 * values[0]:.1f}"
+    return f"{100 * statistics.mean(values):.1f} ± {100 * statistics.stdev(values):.1f}"
+
+
+def table(rows, seeds):
+    head = "| model | " + " | ".join(h for _, h in COLUMNS) + " |"
+    lines = [head, "|" + "---|" * (len(COLUMNS) + 1)]
+    for name, per_seed in rows:
+        lines.append(f"| {name} | " + " | ".join(fmt([m[k] for m in per_seed]) for k, _ in COLUMNS) + " |")
+    return "\n".join(lines) + f"\n\n%, held-out scenes; mean ± std over seeds {seeds} (the pretrained model: one run)."
+
+
+def main(s):
+    seeds = [int(x) for x in s.seeds.split(",")]
+    size = {"model": s.model, **({"image_size": s.image_size} if s.image_size else {})}
+    common = dict(batch_size=s.batch_size, world_scenes=s.world_scenes, eval=False, log_every=50, ckpt_every=100, **size)
+    t_all = time.time()
+    walls = {}
+    # 1. pretrain on long captions with the SigLIP loss
+    pre = train.Config(out_dir=os.path.join(s.out_dir, "pretrain"), loss="siglip", steps=s.pretrain_steps,
+                       lr=s.pretrain_lr, seed=0, **common)
+    walls["pretrain"] = run(pre)
+    pre_ckpt = os.path.join(pre.out_dir, "ckpt.pt")
+    # 2. fine-tune every variant from it, per seed
+    variants = MAIN + (ABLATIONS if s.ablations else [])
+    for seed in seeds:
+        for name, loss, over in variants:
+            cfg = train.Config(out_dir=os.path.join(s.out_dir, f"{slug(name)}_s{seed}"), init=pre_ckpt, loss=loss,
+                               steps=s.finetune_steps, lr=s.finetune_lr, warmup=s.finetune_warmup, seed=seed,
+                               **common, **over)
+            walls[f"{name} s{seed}"] = run(cfg)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    # 3. evaluate everything on the same held-out scenes
+    results = {"settings": asdict(s), "pretrained": None, "variants": {}, "wall_s": walls}
+    _, _, results["pretrained"] = score(pre_ckpt, s)
+    models = {}
+    for name, _, _ in variants:
+        per_seed = []
+        for seed in seeds:
+            model, tok, m = score(os.path.join(s.out_dir, f"{slug(name)}_s{seed}", "ckpt.pt"), s)
+            per_seed.append(m)
+            if seed == seeds[0]:
+                models[name] = (model, tok)
+        results["variants"][name] = per_seed
+    # 4. tables
+    main_rows = [("SigLIP pretrained (no ft)", [results["pretrained"]])] + \
+                [(n, results["variants"][n]) for n, _, _ in MAIN]
+    md = "## Main\n\n" + table(main_rows, seeds)
+    if s.ablations:
+        abl_rows = [(n, results["variants"][n]) for n, _, _ in MAIN[1:2] + ABLATIONS[:3] + MAIN[2:3] + ABLATIONS[3:]]
+        md += "\n\n## Ablations\n\n" + table(abl_rows, seeds)
+    # 5. attention maps: C2LIP and the control, seed 0
+    fig = os.path.join(s.out_dir, "attention_c2lip_vs_control.png")
+    c2, ctrl = models["C2LIP"], models["SigLIP ft (control)"]
+    evaluate.attention_figure(fig, [("C2LIP", c2[0]), ("control", ctrl[0])], c2[1], n_scenes=2,
+                              image_size=c2[0].cfg.image_size)
+    if "C2LIP: L_xac weight 1.0" in models:
+        x1 = models["C2LIP: L_xac weight 1.0"]
+        evaluate.attention_figure(os.path.join(s.out_dir, "attention_c2lip_xac1_vs_control.png"),
+                                  [("C2LIP xac 1.0", x1[0]), ("control", ctrl[0])], x1[1], n_scenes=2,
+                                  image_size=x1[0].cfg.image_size)
+    results["wall_total_s"] = time.time() - t_all
+    md += (f"\n\nWall time {results['wall_total_s'] / 60:.1f} min on {os.cpu_count()} CPU cores "
+           f"(torch {torch.__version__}, {torch.get_num_threads()} threads).\n")
+    with open(os.path.join(s.out_dir, "results.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    with open(os.path.join(s.out_dir, "results.md"), "w") as f:
+        f.write(md)
+    print(md)
+    print(f"wrote {s.out_dir}/results.json, results.md and {fig}")
+
+
+if __name__ == "__main__":
+    try:
+        settings = train.parse_args(sys.argv[1:], Settings)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+    main(settings)
