@@ -17,6 +17,7 @@ path relative to the file and a caption:
 """
 
 import csv
+import functools
 import json
 import math
 import os
@@ -131,8 +132,10 @@ def make_scene(seed, index, image_size=32, min_objects=2, max_objects=3):
     return render(objects, image_size, rng), caption, objects
 
 
+@functools.lru_cache(maxsize=4)  # reproduce.py trains many models on the same scenes in one process
 def make_world(n, seed, image_size=32, min_objects=2, max_objects=3, split="train"):
-    """n scenes as (uint8 images (n, H, W, 3), captions, objects); split 'test' draws other seeds"""
+    """n scenes as (uint8 images (n, H, W, 3), captions, objects); split 'test' draws other seeds.
+    Cached: treat the returned arrays as read-only."""
     seed = seed + (TEST_SEED_OFFSET if split == "test" else 0)
     images = np.empty((n, image_size, image_size, 3), dtype=np.uint8)
     captions, objects = [], []

@@ -44,6 +44,7 @@ class Settings:
     world_scenes: int = 40000         # training scenes, shared by pretraining and every fine-tune
     eval_scenes: int = 1000
     ablations: bool = True
+    threads: int = 0                  # torch CPU threads per run (0 = torch's default)
 
 
 # (name, loss, overrides); the first three are the main table
@@ -110,7 +111,7 @@ def table(rows, seeds):
 def main(s):
     seeds = [int(x) for x in s.seeds.split(",")]
     size = {"model": s.model, **({"image_size": s.image_size} if s.image_size else {})}
-    common = dict(batch_size=s.batch_size, world_scenes=s.world_scenes, eval=False, log_every=50, ckpt_every=100, **size)
+    common = dict(batch_size=s.batch_size, world_scenes=s.world_scenes, threads=s.threads, eval=False, log_every=50, ckpt_every=100, **size)
     t_all = time.time()
     walls = {}
     # 1. pretrain on long captions with the SigLIP loss

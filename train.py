@@ -456,7 +456,8 @@ def main(cfg):
             if "teacher" not in resume_ckpt:
                 raise ValueError(f"{ckpt_path} has no EMA teacher: it was not written by a --loss=degla run")
             teacher.load_state_dict(resume_ckpt["teacher"])
-    log(f"model {cfg.model}: {model.num_params() / 1e6:.2f}M parameters, {model.visual.num_patches} patches, "
+    source = cfg.model if init_ckpt is None else f"from {ckpt_path if resume_ckpt is not None else cfg.init}"
+    log(f"model {source}: {model.num_params() / 1e6:.2f}M parameters, {model.visual.num_patches} patches, "
         f"vocab {tokenizer.vocab_size}, context {mcfg.context_length}")
     optimizer = configure_optimizer(model, cfg, log)
     step = 0
