@@ -187,3 +187,16 @@ def test_safe_loading(tmp_path):
         train.main(small(tmp_path, steps=4, resume=True, batch_size=64))
     with pytest.raises(ValueError, match="does not match the checkpoint"):
         train.main(small(tmp_path / "b", init=path, image_size=64))
+
+
+def test_malformed_csv_rows_are_skipped_or_named(tmp_path):
+    import data
+    Image.new("RGB", (8, 8), "red").save(tmp_path / "a.png")
+    p = tmp_path / "d.csv"
+    p.write_text('image,caption\na.png,a red square\na.png\na.png,"ok, quoted"\na.png,  \n')
+    records, problems = data.read_records(str(p), on_error="skip")
+    assert [c for _, _, c in records] == ["a red square", "ok, quoted"]
+    assert [pr["line"] for pr in problems] == [3, 5]
+    assert "wrong number of CSV fields" in problems[0]["reason"] and "empty caption" in problems[1]["reason"]
+    with pytest.raises(ValueError, match=r"d.csv:3: wrong number of CSV fields"):
+        data.read_records(str(p))
