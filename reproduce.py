@@ -10,7 +10,7 @@ path as the public benchmarks); mean and std over seeds go to a JSON and a markd
 
     python reproduce.py                                # tiny model: 3 seeds, ablations on seed 0
     python reproduce.py --seeds=0 --ablations=false    # the main table for one seed only
-    python reproduce.py --model=S/16 --image_size=64   # larger; runs under torchrun too (rank 0 evaluates)
+    python reproduce.py --model=S/16 --image_size=64   # larger (single process; the runs are train.main calls)
 
 Runs that already finished (a checkpoint at the final step in their folder) are not repeated, so an
 interrupted reproduction continues where it stopped.
@@ -78,8 +78,16 @@ def finished(out_dir, steps):
     return os.path.exists(path) and train.load_checkpoint(path)["step"] >= steps
 
 
+def command(cfg):
+    """the equivalent train.py command line, to run one step of the protocol at scale under torchrun"""
+    default = train.Config()
+    flags = [f"--{k}={v}" for k, v in asdict(cfg).items() if v != getattr(default, k) and k != "resume"]
+    return "torchrun --standalone --nproc_per_node=N train.py " + " ".join(flags)
+
+
 def run(cfg):
     """train unless already done; returns the wall time in seconds (0 when reused)"""
+    print(f"== {command(cfg)}")
     if finished(cfg.out_dir, cfg.steps):
         print(f"reusing {cfg.out_dir}")
         return 0.0
@@ -110,6 +118,9 @@ def table(rows, seeds):
 
 
 def main(s):
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        sys.exit("reproduce.py runs its trainings one after another in one process; to scale up, run the "
+                 "train.py commands it prints (== lines) under torchrun, then `python reproduce.py` reuses them")
     seeds = [int(x) for x in s.seeds.split(",")]
     size = {"model": s.model, **({"image_size": s.image_size} if s.image_size else {})}
     common = dict(batch_size=s.batch_size, world_scenes=s.world_scenes, threads=s.threads, eval=False, log_every=50, ckpt_every=100, **size)
