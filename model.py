@@ -112,6 +112,10 @@ class WordTokenizer:
             out[i, : len(ids)] = torch.tensor(ids)
         return out
 
+    def token_counts(self, texts):
+        """tokens of each text before truncation, EOS excluded (a text is cut when this exceeds context - 1)"""
+        return [len(canonicalize(t).split()) for t in texts]
+
     def decode(self, ids):
         return " ".join(self.itos[i] for i in ids if i not in (self.PAD, self.EOS))
 
@@ -164,6 +168,10 @@ class SentencePieceTokenizer:
             ids = ids[: self.context_length - 1] + [self.EOS]
             out[i, : len(ids)] = torch.tensor(ids)
         return out
+
+    def token_counts(self, texts):
+        """pieces of each text before truncation, EOS excluded"""
+        return [len(ids) for ids in self.sp.encode([canonicalize(t) for t in texts])]
 
     def decode(self, ids):
         return self.sp.decode([i for i in ids if i != self.EOS])

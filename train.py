@@ -272,15 +272,18 @@ def hard_negatives_for(captions, cfg, vocab=None, log=print):
     return [negatives[i] for i in keep], keep
 
 
-def build_data(cfg, mcfg, log=print):
-    """(dataset, tokenizer) for the configured source; adds concepts for C2LIP"""
+def build_data(cfg, mcfg, log=print, tokenizer=None):
+    """(dataset, tokenizer) for the configured source; adds concepts (C2LIP) or negatives (DeGLA).
+
+    tokenizer: the one a checkpoint brings (--init, --resume); None builds the world's vocabulary, or a
+    word vocabulary of the user's captions, concepts and negatives.
+    """
     if cfg.data == "world":
         dataset = data.WorldDataset(cfg.world_scenes, cfg.world_seed, mcfg.image_size, cfg.min_objects, cfg.max_objects)
-        tokenizer = WordTokenizer(data.world_vocabulary(), mcfg.context_length)
+        tokenizer = tokenizer or WordTokenizer(data.world_vocabulary(), mcfg.context_length)
     else:
         dataset = data.CaptionFileDataset(cfg.data, mcfg.image_size, train=True, image_key=cfg.image_key,
                                           caption_key=cfg.caption_key, seed=cfg.seed, on_error=cfg.bad_data)
-        tokenizer = None
     annotations = {}
     if cfg.loss == "c2lip":
         import concepts
@@ -351,7 +354,7 @@ class BadDataReport:
         self.nonfinite_steps = 0
         # a caption longer than the context is truncated (its EOS kept last), as SigLIP does
         limit = tokenizer.context_length - 1
-        long = [i for i, c in enumerate(dataset.captions) if len(tokenizer.encode([c])[0].nonzero()) > limit] \
+        long = [i for i, n in enumerate(tokenizer.token_counts(dataset.captions)) if n > limit] \
             if cfg.data != "world" else []
         if master:
             os.makedirs(cfg.out_dir, exist_ok=True)
@@ -436,10 +439,9 @@ def main(cfg):
         mcfg = model_config(cfg.model, **({"image_size": cfg.image_size} if cfg.image_size else {}))
     torch.manual_seed(cfg.seed)  # same initial weights on every rank
     random.seed(cfg.seed)
-    dataset, tokenizer = build_data(cfg, mcfg, log)
+    ckpt_tokenizer = tokenizer_from_state_dict(init_ckpt["tokenizer"]) if init_ckpt is not None else None
+    dataset, tokenizer = build_data(cfg, mcfg, log, ckpt_tokenizer)
     report = BadDataReport(cfg, dataset, tokenizer, master, log)
-    if init_ckpt is not None:
-        tokenizer = tokenizer_from_state_dict(init_ckpt["tokenizer"])
     mcfg.vocab_size = tokenizer.vocab_size
     model = DualEncoder(mcfg)
     if init_ckpt is not None:
@@ -511,12 +513,12 @@ def main(cfg):
         report.add_skipped(batch["skipped"], cfg.batch_size - sum(rank_images))
         images, tokens = batch["images"].to(device, non_blocking=True), batch["tokens"].to(device, non_blocking=True)
         extra = batch.get("concept_tokens", batch.get("negative_tokens"))
+        extra = extra.to(device, non_blocking=True) if extra is not None else None
         with autocast:
-            out = forward(images, tokens, extra.to(device) if extra is not None else None,
-                          return_tokens=cfg.loss == "c2lip")
+            out = forward(images, tokens, extra, return_tokens=cfg.loss == "c2lip")
             if teacher is not None:
                 with torch.no_grad():
-                    batch["teacher"] = teacher(images, tokens, extra.to(device))
+                    batch["teacher"] = teacher(images, tokens, extra)
             if "owner" in batch:
                 batch["owner"] = batch["owner"].to(device)
             terms = compute_losses(out, batch, cfg, rank_images)

@@ -229,6 +229,10 @@ def test_sentencepiece_matches_siglip_tokenizer(spiece):
     ids = ours.encode(["a man riding a horse on the beach at sunset", "two dogs"])
     assert ids[0, -1] == 1 and (ids[0, :-1] != 1).all()  # truncated, EOS kept last
     assert ids[1].tolist() == ours.sp.encode("two dogs") + [1] * (8 - len(ours.sp.encode("two dogs")))
+    # counts are taken before truncation and do not count padding (pad = EOS = 1 here)
+    assert ours.token_counts(["two dogs", "a man riding a horse on the beach at sunset"]) == \
+        [len(ours.sp.encode("two dogs")), len(ours.sp.encode("a man riding a horse on the beach at sunset"))]
+    assert ours.token_counts(["two dogs"])[0] < 7 < ours.token_counts(["a man riding a horse on the beach at sunset"])[0]
     # the one documented difference: HF deletes '_', big_vision/OpenCLIP (and we) make it a space
     assert canonicalize("hot_dog stand") == "hot dog stand"
     ref = hf(["hot_dog stand"], padding="max_length", truncation=True, max_length=8, return_tensors="pt")["input_ids"]

@@ -71,3 +71,10 @@ def test_tokenizer_build_is_deterministic():
     texts = ["b a", "a c", "a b"]
     assert WordTokenizer.build(texts, 8).itos == WordTokenizer.build(list(reversed(texts)), 8).itos
     assert WordTokenizer.build(texts, 8, min_count=2).itos[3:] == ["a", "b"]
+
+
+def test_token_counts_before_truncation():
+    tok = WordTokenizer(["a", "red", "circle"], context_length=4)
+    assert tok.token_counts(["A red, circle!", "", "a a a a a"]) == [3, 0, 5]
+    # a caption is cut exactly when its count exceeds context - 1
+    assert tok.encode(["a a a"])[0].tolist()[-1] == tok.EOS and tok.token_counts(["a a a"])[0] == 3
