@@ -133,6 +133,17 @@ def make_scene(seed, index, image_size=32, min_objects=2, max_objects=3):
 
 
 @functools.lru_cache(maxsize=4)  # reproduce.py trains many models on the same scenes in one process
+def binding_scenes(stream, image_size=32):
+    """endless (image, (a, b)) scenes of exactly two objects with different colours and different shapes,
+    from the seed stream `stream`: the scenes on which every binding test is well defined"""
+    index = 0
+    while True:
+        img, _, objs = make_scene(stream, index, image_size, 2, 2)
+        index += 1
+        if objs[0]["colour"] != objs[1]["colour"] and objs[0]["shape"] != objs[1]["shape"]:
+            yield img, objs
+
+
 def make_world(n, seed, image_size=32, min_objects=2, max_objects=3, split="train"):
     """n scenes as (uint8 images (n, H, W, 3), captions, objects); split 'test' draws other seeds.
     Cached: treat the returned arrays as read-only."""
@@ -437,16 +448,11 @@ def export_world(root, n_scenes=1000, seed=0, image_size=32):
 
     # two-object scenes -> SugarCrepe-style subsets and the concept-binding test
     subsets = {k: {} for k in ("replace_att", "replace_obj", "swap_att", "swap_obj", "add_att", "add_obj")}
-    binding, index, kept = {}, 0, 0
-    while kept < n_scenes:
-        img, _, objs = make_scene(base + 7, index, image_size, 2, 2)
-        index += 1
+    binding = {}
+    for kept, (img, objs) in zip(range(n_scenes), binding_scenes(base + 7, image_size)):
         a, b = objs
-        if a["colour"] == b["colour"] or a["shape"] == b["shape"]:
-            continue
         name = f"{kept:012d}.png"
         Image.fromarray(img).save(os.path.join(dirs["coco/val2017"], name))
-        kept += 1
         colour = rng.choice([c for c in COLOURS if c not in (a["colour"], b["colour"])])  # absent from the scene
         shape = rng.choice([s for s in SHAPES if s not in (a["shape"], b["shape"])])
         k = rng.randrange(2)  # which object an edit touches

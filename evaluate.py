@@ -38,6 +38,7 @@ are taken as fixtures or subsets; --check-counts=0 turns the check off).
 """
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -891,13 +892,7 @@ def attention_figure(path, models, tokenizer, n_scenes=3, seed=0, image_size=32,
     """PNG: for held-out two-object scenes and each object's phrase, the image, each model's attention
     map and (with two models) their difference. models: [(name, model)], sharing the tokenizer's vocabulary."""
     from PIL import Image as PILImage, ImageDraw
-    scenes = []
-    for i in range(10_000):
-        img, _, objs = data.make_scene(seed + data.TEST_SEED_OFFSET + 11, i, image_size, 2, 2)
-        if objs[0]["colour"] != objs[1]["colour"] and objs[0]["shape"] != objs[1]["shape"]:
-            scenes.append((img, objs))
-        if len(scenes) == n_scenes:
-            break
+    scenes = list(itertools.islice(data.binding_scenes(seed + data.TEST_SEED_OFFSET + 11, image_size), n_scenes))
     rows = [(img, data.object_phrase(o)) for img, objs in scenes for o in objs]
     images = torch.stack([data.to_tensor(img) for img, _ in rows])
     maps = [concept_attention(m, tokenizer, images.to(next(m.parameters()).device), [p for _, p in rows], temperature)
