@@ -132,7 +132,6 @@ def make_scene(seed, index, image_size=32, min_objects=2, max_objects=3):
     return render(objects, image_size, rng), caption, objects
 
 
-@functools.lru_cache(maxsize=4)  # reproduce.py trains many models on the same scenes in one process
 def binding_scenes(stream, image_size=32):
     """endless (image, (a, b)) scenes of exactly two objects with different colours and different shapes,
     from the seed stream `stream`: the scenes on which every binding test is well defined"""
@@ -144,6 +143,7 @@ def binding_scenes(stream, image_size=32):
             yield img, objs
 
 
+@functools.lru_cache(maxsize=4)  # reproduce.py trains many models on the same scenes in one process
 def make_world(n, seed, image_size=32, min_objects=2, max_objects=3, split="train"):
     """n scenes as (uint8 images (n, H, W, 3), captions, objects); split 'test' draws other seeds.
     Cached: treat the returned arrays as read-only."""
