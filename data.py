@@ -8,6 +8,13 @@ relations, so a bag-of-words model can match captions: the situation both papers
 Everything is a pure function of (seed, index), so train and held-out scenes never depend on the
 order in which they are made.
 
+Two options change the world (the default world stays bit-identical without them):
+- world_split="compositional": the colour-shape pairs in HELD_OUT_PAIRS and the spatial facts in
+  HELD_OUT_FACTS never occur in a training scene (nor in its caption); held-out tests are then
+  reported apart on seen and unseen compositions.
+- relations=True: the caption states the spatial relation of two of the objects, last:
+  "a green star and a red circle left of a blue square".
+
 Image-caption files: JSONL (one object a line) or CSV (a header row), each record holding an image
 path relative to the file and a caption:
 
@@ -22,6 +29,7 @@ import json
 import math
 import os
 import random
+import re
 import zlib
 
 import numpy as np
@@ -41,6 +49,20 @@ SUPERSAMPLE = 4   # drawn at 4x, then downsampled: smooth edges at 32 px
 BACKGROUND = 40   # dark grey
 NOISE = 6.0       # std of the per-pixel noise, in 0..255 units
 TEST_SEED_OFFSET = 1_000_003  # held-out scenes use another seed stream
+# relations of the 2x2 grid, as written in captions. "right of" is left out on purpose: the offline tagger
+# reads "right" as a noun ("a red circle right" would become a concept), so a horizontal relation is
+# always stated with the left object first; vertical ones use both words.
+RELATIONS = ("left of", "above", "below")
+# the compositional split: one held-out colour per shape (6 of the 48 pairs), six different colours, so every
+# colour and every shape still occurs in training ...
+HELD_OUT_PAIRS = frozenset({("red", "circle"), ("green", "square"), ("blue", "triangle"), ("yellow", "ring"),
+                            ("purple", "star"), ("orange", "diamond")})
+# ... and four spatial facts between shapes, in any colours: (a, "left of", b) = an a in a column left of a b's,
+# (a, "above", b) = an a in a row above a b's (so "a b below an a" states the same fact). The converse facts
+# ("a square left of a circle") stay in training.
+HELD_OUT_FACTS = frozenset({("circle", "left of", "square"), ("star", "left of", "diamond"),
+                            ("triangle", "above", "ring"), ("square", "above", "star")})
+WORLD_SPLITS = ("default", "compositional")
 
 
 def scene_rng(seed, index):
@@ -48,12 +70,46 @@ def scene_rng(seed, index):
     return random.Random(zlib.crc32(f"{seed}:{index}".encode()))
 
 
-def sample_objects(rng, min_objects=2, max_objects=3):
-    """distinct (colour, shape) pairs in distinct grid cells"""
-    n = rng.randint(min_objects, max_objects)
-    pairs = rng.sample([(c, s) for c in COLOURS for s in SHAPES], n)
-    cells = rng.sample(range(GRID * GRID), n)
-    return [dict(colour=c, shape=s, cell=k) for (c, s), k in zip(pairs, cells)]
+def sample_objects(rng, min_objects=2, max_objects=3, keep=None):
+    """distinct (colour, shape) pairs in distinct grid cells; redrawn from the same stream until keep(objects)
+    holds (keep=None accepts the first draw, so the default world is unchanged)"""
+    while True:
+        n = rng.randint(min_objects, max_objects)
+        pairs = rng.sample([(c, s) for c in COLOURS for s in SHAPES], n)
+        cells = rng.sample(range(GRID * GRID), n)
+        objects = [dict(colour=c, shape=s, cell=k) for (c, s), k in zip(pairs, cells)]
+        if keep is None or keep(objects):
+            return objects
+
+
+def facts(objects):
+    """every spatial fact (shape, "left of" | "above", shape) that holds between two objects of a scene"""
+    out = set()
+    for a in objects:
+        for b in objects:
+            (ra, ca), (rb, cb) = divmod(a["cell"], GRID), divmod(b["cell"], GRID)
+            if ca < cb:
+                out.add((a["shape"], "left of", b["shape"]))
+            if ra < rb:
+                out.add((a["shape"], "above", b["shape"]))
+    return out
+
+
+def held_out(objects):
+    """does the scene hold a held-out colour-shape pair or a held-out spatial fact?"""
+    return any((o["colour"], o["shape"]) in HELD_OUT_PAIRS for o in objects) or bool(facts(objects) & HELD_OUT_FACTS)
+
+
+def seen_only(objects):
+    """the training filter of the compositional split (a module-level function: make_world caches by it)"""
+    return not held_out(objects)
+
+
+def scene_filter(world_split):
+    """the keep predicate of a world split's training scenes"""
+    if world_split not in WORLD_SPLITS:
+        raise ValueError(f"world split {world_split!r}: expected one of {', '.join(WORLD_SPLITS)}")
+    return seen_only if world_split == "compositional" else None
 
 
 def article(word):
@@ -74,6 +130,27 @@ def long_caption(objects, rng):
     order = list(objects)
     rng.shuffle(order)
     return list_phrases([object_phrase(o) for o in order])
+
+
+def true_relations(a, b):
+    """the RELATIONS words that hold for "a <relation> b" in the grid (empty when a is right of b, same row)"""
+    (ra, ca), (rb, cb) = divmod(a["cell"], GRID), divmod(b["cell"], GRID)
+    return [r for r, ok in (("left of", ca < cb), ("above", ra < rb), ("below", ra > rb)) if ok]
+
+
+def relation_phrase(a, relation, b):
+    return f"{object_phrase(a)} {relation} {object_phrase(b)}"
+
+
+def relation_caption(objects, rng):
+    """the other objects in random order, then "a <relation> b" for a random pair: a relation that holds,
+    the pair reordered when only "right of" would (see RELATIONS)"""
+    order = list(objects)
+    rng.shuffle(order)
+    *others, a, b = order
+    if not true_relations(a, b):
+        a, b = b, a
+    return list_phrases([object_phrase(o) for o in others] + [relation_phrase(a, rng.choice(true_relations(a, b)), b)])
 
 
 def _shape_points(shape, cx, cy, r, angle):
@@ -124,43 +201,82 @@ def render(objects, image_size, rng):
     return np.clip(arr + noise, 0, 255).astype(np.uint8)
 
 
-def make_scene(seed, index, image_size=32, min_objects=2, max_objects=3):
-    """(image uint8 (H, W, 3), long caption, objects); a pure function of its arguments"""
+def make_scene(seed, index, image_size=32, min_objects=2, max_objects=3, keep=None, relations=False):
+    """(image uint8 (H, W, 3), caption, objects); a pure function of its arguments.
+    keep: only scenes with keep(objects) (redrawn from the scene's own stream); relations: a relation caption"""
     rng = scene_rng(seed, index)
-    objects = sample_objects(rng, min_objects, max_objects)
-    caption = long_caption(objects, rng)
+    objects = sample_objects(rng, min_objects, max_objects, keep)
+    caption = relation_caption(objects, rng) if relations else long_caption(objects, rng)
     return render(objects, image_size, rng), caption, objects
 
 
-def binding_scenes(stream, image_size=32):
+def distinct(objects):
+    """two objects with different colours and different shapes: every binding test is well defined on them"""
+    return objects[0]["colour"] != objects[1]["colour"] and objects[0]["shape"] != objects[1]["shape"]
+
+
+def binding_scenes(stream, image_size=32, keep=None):
     """endless (image, (a, b)) scenes of exactly two objects with different colours and different shapes,
-    from the seed stream `stream`: the scenes on which every binding test is well defined"""
+    from the seed stream `stream`; keep: a further condition on the objects, met by redrawing"""
     index = 0
     while True:
-        img, _, objs = make_scene(stream, index, image_size, 2, 2)
+        img, _, objs = make_scene(stream, index, image_size, 2, 2, keep)
         index += 1
-        if objs[0]["colour"] != objs[1]["colour"] and objs[0]["shape"] != objs[1]["shape"]:
+        if distinct(objs):
             yield img, objs
 
 
 @functools.lru_cache(maxsize=4)  # reproduce.py trains many models on the same scenes in one process
-def make_world(n, seed, image_size=32, min_objects=2, max_objects=3, split="train"):
+def make_world(n, seed, image_size=32, min_objects=2, max_objects=3, split="train", keep=None, relations=False):
     """n scenes as (uint8 images (n, H, W, 3), captions, objects); split 'test' draws other seeds.
-    Cached: treat the returned arrays as read-only."""
+    keep, relations: as in make_scene. Cached: treat the returned arrays as read-only."""
     seed = seed + (TEST_SEED_OFFSET if split == "test" else 0)
     images = np.empty((n, image_size, image_size, 3), dtype=np.uint8)
     captions, objects = [], []
     for i in range(n):
-        images[i], cap, objs = make_scene(seed, i, image_size, min_objects, max_objects)
+        images[i], cap, objs = make_scene(seed, i, image_size, min_objects, max_objects, keep, relations)
         captions.append(cap)
         objects.append(objs)
     return images, captions, objects
 
 
-def world_vocabulary():
-    """every word the world and its evaluation prompts use (the tokenizer is built from it)"""
+def world_vocabulary(relations=False):
+    """every word the world and its evaluation prompts use (the tokenizer is built from it); the relation
+    words come last and only with relations, so the default vocabulary (and model) is unchanged"""
     words = list(COLOURS) + SHAPES + ["a", "an", "and", "the", "photo", "of", "shape", "object"]
-    return words
+    return words + (["left", "above", "below"] if relations else [])
+
+
+_RELATION_TEXT = re.compile(r"\b(%s) (left of|above|below) an? (%s) (%s)\b" % (
+    "|".join(SHAPES), "|".join(COLOURS), "|".join(SHAPES)))
+
+
+def names_held_out(text):
+    """does a text name a held-out colour-shape pair ("red circle") or state a held-out fact ("circle left of
+    a blue square", "square below a red circle")? Adjacent words only: what a caption or negative states."""
+    words = text.lower().split()
+    if any((c, s) in HELD_OUT_PAIRS for c, s in zip(words, words[1:])):
+        return True
+    for a, rel, _, b in _RELATION_TEXT.findall(text.lower()):
+        fact = (b, "above", a) if rel == "below" else (a, rel, b)
+        if fact in HELD_OUT_FACTS:
+            return True
+    return False
+
+
+def clean_negatives(captions, negatives, k, seed, vocab):
+    """DeGLA's negatives of compositional-split captions, without any that names a held-out pair or fact
+    (a negative is training text too). A caption with such a negative gets 3k generated ones, filtered, first
+    k kept. -> (negatives, indices of the captions that still have k)"""
+    import concepts
+    out, keep = [], []
+    for i, (cap, negs) in enumerate(zip(captions, negatives)):
+        if any(names_held_out(n) for n in negs):
+            negs = [n for n in concepts.hard_negatives(cap, 3 * k, seed, vocab) if not names_held_out(n)][:k]
+        if len(negs) >= k:
+            out.append(negs)
+            keep.append(i)
+    return out, keep
 
 # -----------------------------------------------------------------------------
 # preprocessing (Pillow + numpy; SigLIP's mean = std = 0.5)
@@ -201,8 +317,11 @@ def preprocess(img, size, train=False, rng=None):
 class WorldDataset(torch.utils.data.Dataset):
     """the built-in world, rendered once into memory"""
 
-    def __init__(self, n, seed, image_size=32, min_objects=2, max_objects=3, split="train"):
-        self.images, self.captions, self.objects = make_world(n, seed, image_size, min_objects, max_objects, split)
+    def __init__(self, n, seed, image_size=32, min_objects=2, max_objects=3, split="train", world_split="default",
+                 relations=False):
+        keep = scene_filter(world_split) if split == "train" else None
+        self.images, self.captions, self.objects = make_world(n, seed, image_size, min_objects, max_objects, split,
+                                                              keep, relations)
 
     def __len__(self):
         return len(self.captions)
@@ -414,7 +533,16 @@ def make_loader(dataset, batch_size, collate, rank=0, world_size=1, seed=0, work
                                        num_workers=workers, drop_last=True, persistent_workers=workers > 0)
 
 
-def export_world(root, n_scenes=1000, seed=0, image_size=32):
+def has_held_out_pair(objects):
+    return any((o["colour"], o["shape"]) in HELD_OUT_PAIRS for o in objects)
+
+
+# which held-out scenes a part of the evaluation draws: all (the default world), seen (could have been a training
+# scene of the compositional split), unseen (holds a held-out colour-shape pair)
+PARTS = {"all": None, "seen": seen_only, "unseen": has_held_out_pair}
+
+
+def export_world(root, n_scenes=1000, seed=0, image_size=32, part="all", relations=False):
     """Write held-out scenes of the world in the official benchmark file formats, so that evaluate.py
     scores the world with the same readers and scorers as the real benchmarks. Layout under root:
 
@@ -429,9 +557,14 @@ def export_world(root, n_scenes=1000, seed=0, image_size=32):
     The captions list objects without relations, so swap_obj ("a red square and a blue circle" for a red circle
     and a blue square) names the same two objects as swap_att in another order: both test binding, not syntax.
     Held-out scenes come from the test seed stream (+3 single objects, +7 pairs). Returns root.
+
+    part (PARTS): "all" as above; "seen" keeps scenes with no held-out pair or fact and drops a record whose
+    negative names a held-out pair; "unseen" keeps scenes holding a held-out pair, and its concept-binding
+    records ask only for the held-out object. relations: retrieval captions state a relation, as training did.
     """
     base = seed + TEST_SEED_OFFSET
     rng = random.Random(seed)  # picks the edits; a pure function of seed
+    keep = PARTS[part]
     dirs = {k: os.path.join(root, k) for k in ("coco/val2017", "sugarcrepe", "binding", "zeroshot", "retrieval/world_images")}
     for d in dirs.values():
         os.makedirs(d, exist_ok=True)
@@ -449,7 +582,7 @@ def export_world(root, n_scenes=1000, seed=0, image_size=32):
     # two-object scenes -> SugarCrepe-style subsets and the concept-binding test
     subsets = {k: {} for k in ("replace_att", "replace_obj", "swap_att", "swap_obj", "add_att", "add_obj")}
     binding = {}
-    for kept, (img, objs) in zip(range(n_scenes), binding_scenes(base + 7, image_size)):
+    for kept, (img, objs) in zip(range(n_scenes), binding_scenes(base + 7, image_size, keep)):
         a, b = objs
         name = f"{kept:012d}.png"
         Image.fromarray(img).save(os.path.join(dirs["coco/val2017"], name))
@@ -463,21 +596,23 @@ def export_world(root, n_scenes=1000, seed=0, image_size=32):
             "swap_att": [{**a, "colour": b["colour"]}, {**b, "colour": a["colour"]}],
             "swap_obj": [{**a, "shape": b["shape"]}, {**b, "shape": a["shape"]}],
         }
+        def add(records, caption, negative):
+            if part != "seen" or not names_held_out(negative):  # seen: no held-out pair anywhere in the record
+                records[str(len(records))] = dict(filename=name, caption=caption, negative_caption=negative)
+
         caption = both(object_phrase(a), object_phrase(b))
         for sub, neg in pairs.items():
-            subsets[sub][str(len(subsets[sub]))] = dict(
-                filename=name, caption=caption, negative_caption=both(object_phrase(neg[0]), object_phrase(neg[1])))
+            add(subsets[sub], caption, both(object_phrase(neg[0]), object_phrase(neg[1])))
         # add_obj: a third, absent object; add_att: a wrong colour on an object the positive leaves bare
-        subsets["add_obj"][str(len(subsets["add_obj"]))] = dict(
-            filename=name, caption=caption,
-            negative_caption=list_phrases([object_phrase(a), object_phrase(b), object_phrase(dict(colour=colour, shape=shape))]))
+        add(subsets["add_obj"], caption,
+            list_phrases([object_phrase(a), object_phrase(b), object_phrase(dict(colour=colour, shape=shape))]))
         phr = [object_phrase(a), object_phrase(b)]
         pos, neg = list(phr), list(phr)
         pos[k], neg[k] = bare(objs[k]), object_phrase({**objs[k], "colour": colour})
-        subsets["add_att"][str(len(subsets["add_att"]))] = dict(filename=name, caption=both(*pos), negative_caption=both(*neg))
+        add(subsets["add_att"], both(*pos), both(*neg))
         for o, other in ((a, b), (b, a)):
-            binding[str(len(binding))] = dict(filename=name, caption=object_phrase(o),
-                                              negative_caption=object_phrase({**o, "colour": other["colour"]}))
+            if part != "unseen" or (o["colour"], o["shape"]) in HELD_OUT_PAIRS:
+                add(binding, object_phrase(o), object_phrase({**o, "colour": other["colour"]}))
     for sub, records in subsets.items():
         dump(records, os.path.join(dirs["sugarcrepe"], f"{sub}.json"))
     dump(binding, os.path.join(dirs["binding"], "concept_binding.json"))
@@ -489,7 +624,7 @@ def export_world(root, n_scenes=1000, seed=0, image_size=32):
         for c in names:
             os.makedirs(os.path.join(dirs["zeroshot"], ds, c), exist_ok=True)
     for i in range(n_scenes):
-        img, _, (o,) = make_scene(base + 3, i, image_size, 1, 1)
+        img, _, (o,) = make_scene(base + 3, i, image_size, 1, 1, keep)
         for ds, cls in folders.items():
             Image.fromarray(img).save(os.path.join(dirs["zeroshot"], ds, cls(o), f"{i:06d}.png"))
     dump({ds: [c.replace("_", " ") for c in names] for ds, names in classes.items()},
@@ -497,7 +632,7 @@ def export_world(root, n_scenes=1000, seed=0, image_size=32):
     dump({ds: ["a photo of a {c}", "a {c}", "a {c} shape"] for ds in classes}, os.path.join(dirs["zeroshot"], "templates.json"))
 
     # retrieval: every held-out scene with its long caption
-    images, captions, _ = make_world(n_scenes, seed, image_size, split="test")
+    images, captions, _ = make_world(n_scenes, seed, image_size, split="test", keep=keep, relations=relations)
     entries = []
     for i, (img, cap) in enumerate(zip(images, captions)):
         Image.fromarray(img).save(os.path.join(dirs["retrieval/world_images"], f"{i:06d}.png"))
@@ -505,6 +640,43 @@ def export_world(root, n_scenes=1000, seed=0, image_size=32):
                             sentences=[dict(tokens=cap.replace(",", "").split(), raw=cap, imgid=i, sentid=i)]))
     dump({"dataset": "world", "images": entries}, os.path.join(root, "retrieval", "world.json"))
     return root
+
+
+def export_world_relations(root, n_scenes=1000, seed=0, image_size=32, part="all"):
+    """Held-out relation tests of the world in the SugarCrepe file format, beside export_world's:
+
+        relation/images/%012d.png     two-object scenes (distinct colours and shapes)
+        relation/swap_rel.json        "a red circle left of a blue square" vs "a blue square left of a red circle"
+        relation/replace_rel.json     the same positive vs a relation that does not hold ("... above ...")
+
+    part: "all" (any scene); "seen": no held-out pair or fact in the scene, and no record whose negative states a
+    held-out fact; "unseen": no held-out pair, but a held-out fact holds and the positive states it. Scenes come
+    from the test stream + 13, edits from random.Random(seed + 13). Returns the folder.
+    """
+    base = seed + TEST_SEED_OFFSET
+    rng = random.Random(seed + 13)
+    folder = os.path.join(root, "relation")
+    os.makedirs(os.path.join(folder, "images"), exist_ok=True)
+    keep = {"all": None, "seen": seen_only,
+            "unseen": lambda objs: not has_held_out_pair(objs) and bool(facts(objs) & HELD_OUT_FACTS)}[part]
+    subsets = {"swap_rel": {}, "replace_rel": {}}
+    for kept, (img, objs) in zip(range(n_scenes), binding_scenes(base + 13, image_size, keep)):
+        name = f"{kept:012d}.png"
+        Image.fromarray(img).save(os.path.join(folder, "images", name))
+        stated = [(a, r, b) for a in objs for b in objs if a is not b for r in true_relations(a, b)]
+        if part == "unseen":  # the positive states the held-out fact, as "a above b" or "b below a"
+            stated = [(a, r, b) for a, r, b in stated
+                      if (a["shape"], r, b["shape"]) in HELD_OUT_FACTS or (b["shape"], "above", a["shape"]) in HELD_OUT_FACTS and r == "below"]
+        a, r, b = rng.choice(stated)
+        positive = relation_phrase(a, r, b)
+        wrong = rng.choice([x for x in RELATIONS if x not in true_relations(a, b)])
+        for sub, negative in (("swap_rel", relation_phrase(b, r, a)), ("replace_rel", relation_phrase(a, wrong, b))):
+            if part != "seen" or not names_held_out(negative):
+                subsets[sub][str(len(subsets[sub]))] = dict(filename=name, caption=positive, negative_caption=negative)
+    for sub, records in subsets.items():
+        with open(os.path.join(folder, f"{sub}.json"), "w", encoding="utf-8") as f:
+            json.dump(records, f, indent=1)
+    return folder
 
 
 if __name__ == "__main__":

@@ -832,13 +832,13 @@ def run_benchmarks(enc, root, tasks, **options):
     return out
 
 
-def evaluate_world(model, tokenizer, seed=0, n_scenes=1000, image_size=32, device="cpu", batch_size=256,
-                   progress=False):
-    """the built-in world's held-out tests, through the benchmark readers and scorers; returns {name: fraction}"""
-    enc = Encoder(model, tokenizer, device, batch_size, progress=progress)
-    with tempfile.TemporaryDirectory() as root:
-        data.export_world(root, n_scenes, seed, image_size)
-        res = run_benchmarks(enc, root, ["retrieval", "zeroshot", "binding", "sugarcrepe"], check_counts=False)
+def world_metrics(enc, root, n_scenes, seed, image_size, part="all", relations=False):
+    """one part of the world's held-out tests (data.PARTS), exported under root and scored -> {name: fraction}"""
+    data.export_world(root, n_scenes, seed, image_size, part, relations)
+    res = run_benchmarks(enc, root, ["retrieval", "zeroshot", "binding", "sugarcrepe"], check_counts=False)
+    if relations:  # the relation tests go through the same SugarCrepe reader and selection scorer
+        folder = data.export_world_relations(root, n_scenes, seed, image_size, part)
+        res += eval_sugarcrepe(enc, folder, os.path.join(folder, "images"), False, prefix="relation")
     by = {r["dataset"]: r["metrics"] for r in res}
     out = {}
     for k in (1, 5, 10):
@@ -849,6 +849,27 @@ def evaluate_world(model, tokenizer, seed=0, n_scenes=1000, image_size=32, devic
     out["concept_binding"] = by["binding/concept_binding"]["acc"]
     for sub in ("swap_att", "swap_obj", "replace_att", "replace_obj", "add_att", "add_obj"):
         out[sub] = by[f"sugar_crepe/{sub}"]["acc"]
+    if relations:
+        for sub in ("swap_rel", "replace_rel"):
+            out[sub] = by[f"relation/{sub}"]["acc"]
+    return out
+
+
+def evaluate_world(model, tokenizer, seed=0, n_scenes=1000, image_size=32, device="cpu", batch_size=256,
+                   progress=False, world_split="default", relations=False):
+    """the built-in world's held-out tests, through the benchmark readers and scorers; returns {name: fraction}.
+
+    world_split="compositional": every test twice, on seen and on unseen compositions ("seen/<name>",
+    "unseen/<name>"; data.export_world and data.export_world_relations say which records each part holds).
+    relations: adds the relation tests swap_rel and replace_rel.
+    """
+    parts = ["seen", "unseen"] if world_split == "compositional" else ["all"]
+    out = {}
+    for part in parts:
+        enc = Encoder(model, tokenizer, device, batch_size, progress=progress)  # its image cache is keyed by path
+        with tempfile.TemporaryDirectory() as root:
+            m = world_metrics(enc, root, n_scenes, seed, image_size, part, relations)
+        out.update(m if part == "all" else {f"{part}/{k}": v for k, v in m.items()})
     return out
 
 # -----------------------------------------------------------------------------
@@ -994,7 +1015,9 @@ if __name__ == "__main__":
                          temperature=a.temperature)
         print(f"wrote {path}")
     elif a.task == "world":
-        res = evaluate_world(model, tokenizer, a.seed, a.scenes, model.cfg.image_size, a.device, a.batch_size, True)
+        world = ckpt.get("config", {})  # the world the checkpoint was trained on: its split and caption style
+        res = evaluate_world(model, tokenizer, a.seed, a.scenes, model.cfg.image_size, a.device, a.batch_size, True,
+                             world.get("world_split", "default"), world.get("relations", False))
         print_table(res)
         os.makedirs(out_dir, exist_ok=True)
         with open(os.path.join(out_dir, "world.json"), "w") as f:

@@ -50,6 +50,8 @@ class Config:
     world_seed: int = 0              # which scenes (fixed across --seed, so seeds vary training, not data)
     min_objects: int = 2
     max_objects: int = 3
+    world_split: str = "default"     # default | compositional: held-out colour-shape pairs and spatial facts (data.py)
+    relations: bool = False          # world captions state a spatial relation ("a red circle left of a blue square")
     workers: int = 0                 # DataLoader worker processes per rank
     bad_data: str = "skip"           # skip (and report) or error on a bad record or unreadable image
     max_skip_fraction: float = 0.01  # stop once more than this fraction of the records was skipped
@@ -57,7 +59,7 @@ class Config:
     model: str = "tiny"              # size preset in model.PRESETS: tiny, S/16, B/16
     image_size: int = 0              # 0 = the preset's
     # loss
-    loss: str = "siglip"             # siglip | c2lip | degla
+    loss: str = "siglip"             # siglip | c2lip | degla | c2lip+degla (L_base + C2LIP's concept losses + DeGLA's)
     npc_weight: float = 1.0          # C2LIP: weight of L_npc
     xac_weight: float = 0.01         # C2LIP: weight of L_xac
     xac_temperature: float = 1.0     # C2LIP: lambda inside the patch softmax
@@ -156,33 +158,48 @@ def configure_optimizer(model, cfg, log=print):
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
 
 
+LOSSES = ("siglip", "c2lip", "degla", "c2lip+degla")
+
+
+def uses_concepts(loss):
+    return loss in ("c2lip", "c2lip+degla")
+
+
+def uses_negatives(loss):  # and the EMA teacher
+    return loss in ("degla", "c2lip+degla")
+
+
 def compute_losses(out, batch, cfg, rank_images):
     """the loss terms of one step, as a dict of scalars (this rank's share of each global loss).
 
     rank_images: every rank's image count (list); this rank's rows start at the sum of earlier ones.
+    out["extra"] holds this rank's concepts, then its negatives (c2lip+degla has both). With negatives
+    DeGLA's L_base replaces L_con; the EMA teacher's outputs (of captions and negatives) arrive as batch["teacher"].
     """
     rank, _ = losses.world_info()
     offset = sum(rank_images[:rank])
     t, b = out["logit_scale"], out["logit_bias"]
     y_all, _ = losses.gather(out["text"])
-    if cfg.loss == "degla":  # L_base replaces L_con; the EMA teacher's outputs arrive as batch["teacher"]
+    n_concepts = batch["owner"].shape[0] if uses_concepts(cfg.loss) else 0
+    terms = {}
+    if uses_negatives(cfg.loss):
         v_all, _ = losses.gather(out["image"])
-        q_all, _ = losses.gather(out["extra"])  # negatives gathered apart from the captions (D-3)
-        tea = batch["teacher"]
-        return {
-            "base": losses.degla_base_loss(out["image"], v_all, y_all, q_all, t, offset, cfg.base_own_only),
-            "igc": losses.igc_loss(out["image"], y_all, q_all, t, offset),
-            "tgc": losses.tgc_loss(y_all, tea["text"], q_all, offset, cfg.tgc_scale, cfg.tgc_mask),
-            "distill": losses.distill_loss((out["image"], out["text"], out["extra"]),
-                                           (tea["image"], tea["text"], tea["extra"])),
-        }
-    terms = {"con": losses.siglip_loss(out["image"], y_all, t, b, offset)}
-    if cfg.loss == "c2lip":
-        c_all, _ = losses.gather(out["extra"])
+        q = out["extra"][n_concepts:]
+        q_all, _ = losses.gather(q)  # negatives gathered apart from the captions (D-3)
+        terms["base"] = losses.degla_base_loss(out["image"], v_all, y_all, q_all, t, offset, cfg.base_own_only)
+    else:
+        terms["con"] = losses.siglip_loss(out["image"], y_all, t, b, offset)
+    if uses_concepts(cfg.loss):  # sigmoid losses: t and b, shared with L_con (or, combined, b trained by these alone)
+        c_all, _ = losses.gather(out["extra"][:n_concepts])
         owner_all = losses.gather_owners(batch["owner"], rank_images)
         terms["npc"] = losses.concept_loss(out["image"], c_all, owner_all, t, b, offset)
         terms["xac"] = losses.xattn_concept_loss(out["patch_tokens"], c_all, owner_all, t, b, offset,
                                                  cfg.xac_temperature, cfg.xac_chunk)
+    if uses_negatives(cfg.loss):  # softmax losses: t only (IGC) or a fixed scale (TGC)
+        tea = batch["teacher"]
+        terms["igc"] = losses.igc_loss(out["image"], y_all, q_all, t, offset)
+        terms["tgc"] = losses.tgc_loss(y_all, tea["text"], q_all, offset, cfg.tgc_scale, cfg.tgc_mask)
+        terms["distill"] = losses.distill_loss((out["image"], out["text"], q), (tea["image"], tea["text"], tea["extra"]))
     return terms
 
 
@@ -279,13 +296,14 @@ def build_data(cfg, mcfg, log=print, tokenizer=None):
     word vocabulary of the user's captions, concepts and negatives.
     """
     if cfg.data == "world":
-        dataset = data.WorldDataset(cfg.world_scenes, cfg.world_seed, mcfg.image_size, cfg.min_objects, cfg.max_objects)
-        tokenizer = tokenizer or WordTokenizer(data.world_vocabulary(), mcfg.context_length)
+        dataset = data.WorldDataset(cfg.world_scenes, cfg.world_seed, mcfg.image_size, cfg.min_objects, cfg.max_objects,
+                                    world_split=cfg.world_split, relations=cfg.relations)
+        tokenizer = tokenizer or WordTokenizer(data.world_vocabulary(cfg.relations), mcfg.context_length)
     else:
         dataset = data.CaptionFileDataset(cfg.data, mcfg.image_size, train=True, image_key=cfg.image_key,
                                           caption_key=cfg.caption_key, seed=cfg.seed, on_error=cfg.bad_data)
     annotations = {}
-    if cfg.loss == "c2lip":
+    if uses_concepts(cfg.loss):
         import concepts
         if cfg.concepts:
             annotations["concepts"] = concepts.load_concept_cache(cfg.concepts, dataset.captions)
@@ -296,11 +314,19 @@ def build_data(cfg, mcfg, log=print, tokenizer=None):
                 f"with tagger {concepts.tagger_name()}")
         n = [len(c) for c in annotations["concepts"]]
         log(f"concepts: {sum(n) / len(n):.2f} per caption on average, max {max(n)}")
-    if cfg.loss == "degla":
-        vocab = set(data.world_vocabulary()) if cfg.data == "world" else None  # replacements stay in-vocabulary
+    if uses_negatives(cfg.loss):
+        vocab = set(data.world_vocabulary(cfg.relations)) if cfg.data == "world" else None  # replacements stay in-vocabulary
         annotations["negatives"], keep = hard_negatives_for(dataset.captions, cfg, vocab, log)
+        if cfg.data == "world" and cfg.world_split != "default":  # no held-out pair or fact in any training text
+            captions = [dataset.captions[i] for i in keep]
+            annotations["negatives"], kept = data.clean_negatives(captions, annotations["negatives"],
+                                                                  cfg.num_negatives, cfg.seed, vocab)
+            log(f"negatives: {len(captions) - len(kept)} more captions dropped, without K clean of held-out text")
+            keep = [keep[i] for i in kept]
         if len(keep) < len(dataset):
             dataset = data.Subset(dataset, keep)
+            if "concepts" in annotations:
+                annotations["concepts"] = [annotations["concepts"][i] for i in keep]
     if tokenizer is None:  # word vocabulary of the user's captions, concepts and negatives, saved in the checkpoint
         texts = dataset.captions + [p for values in annotations.values() for rec in values for p in rec]
         tokenizer = WordTokenizer.build(texts, mcfg.context_length, min_count=2, max_size=mcfg.vocab_size - 3)
@@ -312,7 +338,7 @@ def build_data(cfg, mcfg, log=print, tokenizer=None):
 # reliability: resume checks, bad data, non-finite losses
 
 RESUME_KEYS = ("data", "model", "image_size", "loss", "batch_size", "seed", "world_scenes", "world_seed", "min_objects",
-               "max_objects", "num_negatives", "concepts", "negatives")  # what must not change under --resume
+               "max_objects", "world_split", "relations", "num_negatives", "concepts", "negatives")  # what must not change under --resume
 
 
 def check_resume_config(saved, cfg, path):
@@ -334,9 +360,9 @@ def empty_batch(mcfg, cfg):
     """a zero-row batch: the rank still joins every collective of the step"""
     z = torch.zeros(0, mcfg.context_length, dtype=torch.long)
     out = {"images": torch.zeros(0, 3, mcfg.image_size, mcfg.image_size), "tokens": z}
-    if cfg.loss == "c2lip":
+    if uses_concepts(cfg.loss):
         out.update(concept_tokens=z, owner=torch.zeros(0, dtype=torch.long))
-    if cfg.loss == "degla":
+    if uses_negatives(cfg.loss):
         out["negative_tokens"] = z
     return out
 
@@ -417,8 +443,10 @@ def main(cfg):
     if cfg.batch_size % world:
         raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the world size {world}")
     local_batch = cfg.batch_size // world
-    if cfg.loss not in ("siglip", "c2lip", "degla"):
-        raise ValueError(f"--loss={cfg.loss}: expected siglip, c2lip or degla")
+    if cfg.loss not in LOSSES:
+        raise ValueError(f"--loss={cfg.loss}: expected one of {', '.join(LOSSES)}")
+    if cfg.world_split not in data.WORLD_SPLITS:
+        raise ValueError(f"--world_split={cfg.world_split}: expected one of {', '.join(data.WORLD_SPLITS)}")
     for name, allowed in (("bad_data", ("skip", "error")), ("nonfinite", ("stop", "skip"))):
         if getattr(cfg, name) not in allowed:
             raise ValueError(f"--{name}={getattr(cfg, name)}: expected one of {', '.join(allowed)}")
@@ -451,8 +479,9 @@ def main(cfg):
             raise ValueError(f"checkpoint weights do not fit its own model config: {e}") from None
     model.to(device)
     teacher = None
-    if cfg.loss == "degla":
-        model.logit_bias.requires_grad_(False)  # no softmax loss uses b, and DDP needs every trainable param used
+    if uses_negatives(cfg.loss):
+        if cfg.loss == "degla":  # no softmax loss uses b, and DDP needs every trainable param used
+            model.logit_bias.requires_grad_(False)  # (c2lip+degla: the sigmoid concept losses train it)
         teacher = copy.deepcopy(model).requires_grad_(False).eval()  # EMA teacher, fp32 (METHOD.md 3.2)
         if resume_ckpt is not None:
             if "teacher" not in resume_ckpt:
@@ -512,13 +541,14 @@ def main(cfg):
         rank_images = losses.gather_sizes(batch["images"].shape[0], device)
         report.add_skipped(batch["skipped"], cfg.batch_size - sum(rank_images))
         images, tokens = batch["images"].to(device, non_blocking=True), batch["tokens"].to(device, non_blocking=True)
-        extra = batch.get("concept_tokens", batch.get("negative_tokens"))
-        extra = extra.to(device, non_blocking=True) if extra is not None else None
+        # concepts, then negatives: one text forward (compute_losses splits them at the concept count)
+        extra = [batch[k] for k in ("concept_tokens", "negative_tokens") if k in batch]
+        extra = torch.cat(extra).to(device, non_blocking=True) if extra else None
         with autocast:
-            out = forward(images, tokens, extra, return_tokens=cfg.loss == "c2lip")
+            out = forward(images, tokens, extra, return_tokens=uses_concepts(cfg.loss))
             if teacher is not None:
-                with torch.no_grad():
-                    batch["teacher"] = teacher(images, tokens, extra)
+                with torch.no_grad():  # the teacher sees captions and negatives only
+                    batch["teacher"] = teacher(images, tokens, batch["negative_tokens"].to(device, non_blocking=True))
             if "owner" in batch:
                 batch["owner"] = batch["owner"].to(device)
             terms = compute_losses(out, batch, cfg, rank_images)
@@ -572,7 +602,8 @@ def main(cfg):
         import evaluate
         model.eval()
         results = evaluate.evaluate_world(model, tokenizer, seed=cfg.world_seed, n_scenes=cfg.eval_scenes,
-                                          image_size=mcfg.image_size, device=device)
+                                          image_size=mcfg.image_size, device=device, world_split=cfg.world_split,
+                                          relations=cfg.relations)
         evaluate.print_table(results)
         with open(os.path.join(cfg.out_dir, "eval.json"), "w") as f:
             json.dump(results, f, indent=2)
