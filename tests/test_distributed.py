@@ -37,46 +37,55 @@ def _init(rank, world, store):
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
 
 
+K = 2  # hard negatives per caption (c2lip+degla)
+
+
 def _global_embeddings(layout, T=5, d=6):
     gen = torch.Generator().manual_seed(7)
     B = sum(layout["images"])
     counts = [n for r in layout["concepts"] for n in r]
     N = sum(counts)
     unit = lambda *s: F.normalize(torch.randn(*s, generator=gen, dtype=torch.float64), dim=-1)
-    emb = {"image": unit(B, d), "text": unit(B, d), "patch_tokens": unit(B, T, d), "extra": unit(N, d)}
+    emb = {"image": unit(B, d), "text": unit(B, d), "patch_tokens": unit(B, T, d), "extra": unit(N, d),
+           "negatives": unit(B * K, d)}
+    teacher = {"image": unit(B, d), "text": unit(B, d), "extra": unit(B * K, d)}
     owner = torch.tensor([i for i, n in enumerate(counts) for _ in range(n)])
-    return emb, owner, counts
+    return emb, teacher, owner, counts
 
 
-def _run_losses(emb, owner, rank_images, logit_scale, logit_bias):
-    cfg = train.Config(loss="c2lip", xac_weight=0.5, npc_weight=0.7)
+def _run_losses(emb, teacher, owner, rank_images, logit_scale, logit_bias, loss_name):
+    cfg = train.Config(loss=loss_name, xac_weight=0.5, npc_weight=0.7, igc_weight=0.3, tgc_weight=0.2)
     out = dict(emb, logit_scale=logit_scale, logit_bias=logit_bias)
-    terms = train.compute_losses(out, {"owner": owner}, cfg, rank_images)
+    if loss_name == "c2lip+degla":  # one text forward: this rank's concepts, then its negatives
+        out["extra"] = torch.cat([emb["extra"], emb["negatives"]])
+    terms = train.compute_losses(out, {"owner": owner, "teacher": teacher}, cfg, rank_images)
     return terms, sum(train.LOSS_WEIGHTS[k](cfg) * v for k, v in terms.items())
 
 
-def _loss_worker(rank, world, store):
+def _loss_worker(rank, world, store, loss_name):
     _init(rank, world, store)
     layout = LAYOUTS[world]
-    emb, owner, counts = _global_embeddings(layout)
+    emb, teacher, owner, counts = _global_embeddings(layout)
     # reference: one process, whole batch
     leaves = {k: v.clone().requires_grad_() for k, v in emb.items()}
     t = torch.tensor(math.log(10.0), dtype=torch.float64, requires_grad=True)
     b = torch.tensor(-2.0, dtype=torch.float64, requires_grad=True)
     with alone():
-        ref_terms, ref_loss = _run_losses(leaves, owner, [sum(layout["images"])], t, b)
+        ref_terms, ref_loss = _run_losses(leaves, teacher, owner, [sum(layout["images"])], t, b, loss_name)
     ref_loss.backward()
     # this rank's slice
     start = sum(layout["images"][:rank])
     stop = start + layout["images"][rank]
     c_start = sum(counts[:start])
     c_stop = sum(counts[:stop])
-    local = {k: (v[c_start:c_stop] if k == "extra" else v[start:stop]).clone().requires_grad_() for k, v in emb.items()}
+    rows = {"extra": slice(c_start, c_stop), "negatives": slice(start * K, stop * K)}
+    local = {k: v[rows.get(k, slice(start, stop))].clone().requires_grad_() for k, v in emb.items()}
+    local_teacher = {k: v[rows.get(k, slice(start, stop)) if k != "extra" else rows["negatives"]] for k, v in teacher.items()}
     local_owner = owner[c_start:c_stop] - start  # owners as the collate makes them: indices into the local batch
     t2 = t.detach().clone().requires_grad_()
     b2 = b.detach().clone().requires_grad_()
     rank_images = losses.gather_sizes(stop - start, torch.device("cpu"))
-    terms, loss = _run_losses(local, local_owner, rank_images, t2, b2)
+    terms, loss = _run_losses(local, local_teacher, local_owner, rank_images, t2, b2, loss_name)
     loss.backward()
     # values: the per-rank shares sum to the single-process losses
     for k, v in terms.items():
@@ -84,19 +93,24 @@ def _loss_worker(rank, world, store):
         dist.all_reduce(total)
         torch.testing.assert_close(total, ref_terms[k].detach(), msg=f"term {k}")
     # gradients: every rank's rows get exactly the single-process gradient; replicated scalars sum across ranks
+    assert set(terms) == set(ref_terms) == ({"con", "npc", "xac"} if loss_name == "c2lip" else
+                                            {"base", "npc", "xac", "igc", "tgc", "distill"})
     for k, v in local.items():
-        ref = leaves[k].grad[c_start:c_stop] if k == "extra" else leaves[k].grad[start:stop]
-        torch.testing.assert_close(v.grad, ref, msg=f"grad {k}")
+        if leaves[k].grad is None:  # c2lip reads no negatives
+            assert v.grad is None and loss_name == "c2lip"
+            continue
+        torch.testing.assert_close(v.grad, leaves[k].grad[rows.get(k, slice(start, stop))], msg=f"grad {k}")
     for mine, ref in ((t2, t), (b2, b)):
         g = mine.grad.clone()
         dist.all_reduce(g)
         torch.testing.assert_close(g, ref.grad)
+    assert b.grad.abs() > 0  # the sigmoid concept losses train the bias, in the combination too
     dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("world", [2, 3])
-def test_distributed_losses_match_single_process(world, tmp_path):
-    mp.spawn(_loss_worker, args=(world, str(tmp_path / "store")), nprocs=world, join=True)
+@pytest.mark.parametrize("world,loss_name", [(2, "c2lip"), (3, "c2lip"), (2, "c2lip+degla")])
+def test_distributed_losses_match_single_process(world, loss_name, tmp_path):
+    mp.spawn(_loss_worker, args=(world, str(tmp_path / "store"), loss_name), nprocs=world, join=True)
 
 
 def _ddp_worker(rank, world, store, loss_name):
