@@ -11,6 +11,16 @@ path as the public benchmarks); mean and std over seeds go to a JSON and a markd
     python reproduce.py                                # tiny model: 3 seeds, ablations on seed 0
     python reproduce.py --seeds=0 --ablations=false    # the main table for one seed only
     python reproduce.py --model=S/16 --image_size=64   # larger (single process; the runs are train.main calls)
+    python reproduce.py --parts=compositional          # beyond the papers: from scratch on the compositional world
+    python reproduce.py --parts=finetune               # the fine-tuning study: why C2LIP costs retrieval here
+
+Parts (--parts, comma-separated):
+  papers         the protocol above; results.md / results.json
+  compositional  from scratch, SigLIP, C2LIP, DeGLA and C2LIP+DeGLA on the compositional split with relation
+                 captions (--world_split=compositional --relations), every test on seen and unseen compositions;
+                 results_compositional.md / .json
+  finetune       C2LIP fine-tuned from the pretrained model under other learning rates, step counts and loss
+                 weights, each beside a SigLIP control of the same budget; results_finetune.md / .json
 
 Runs that already finished (a checkpoint at the final step in their folder) are not repeated, so an
 interrupted reproduction continues where it stopped.
@@ -46,6 +56,10 @@ class Settings:
     ablations: bool = True
     ablation_seeds: str = "0"         # seeds for the ablation runs (each costs as much as a main run)
     threads: int = 0                  # torch CPU threads per run (0 = torch's default)
+    parts: str = "papers"             # papers, compositional, finetune (comma-separated)
+    scratch_steps: int = 1000         # compositional: training steps of each from-scratch run
+    scratch_seeds: str = "0,1,2"      # compositional: seeds of every loss
+    study_seeds: str = "0,1,2"        # finetune: seeds of every setting
 
 
 # (name, loss, overrides); the first three are the main table
@@ -62,11 +76,35 @@ ABLATIONS = [
     ("DeGLA: no IGC", "degla", {"igc_weight": 0.0}),
     ("DeGLA: no TGC", "degla", {"tgc_weight": 0.0}),
 ]
+# the compositional world, from scratch: (name, loss)
+SCRATCH = [("SigLIP", "siglip"), ("C2LIP", "c2lip"), ("DeGLA", "degla"), ("C2LIP+DeGLA", "c2lip+degla")]
+# the fine-tuning study: (name, loss, overrides of the fine-tune); a control with the same lr and steps goes with
+# each budget, so every C2LIP row has a like-for-like SigLIP row
+STUDY = [
+    ("SigLIP ft (control)", "siglip", {}),
+    ("C2LIP", "c2lip", {}),
+    ("C2LIP, L_npc weight 0.1", "c2lip", {"npc_weight": 0.1}),
+    ("C2LIP, L_npc 0.1, L_xac 0.1", "c2lip", {"npc_weight": 0.1, "xac_weight": 0.1}),
+    ("SigLIP ft, lr 1e-4", "siglip", {"lr": 1e-4}),
+    ("C2LIP, lr 1e-4", "c2lip", {"lr": 1e-4}),
+    ("SigLIP ft, 100 steps", "siglip", {"steps": 100}),
+    ("C2LIP, 100 steps", "c2lip", {"steps": 100}),
+]
 COLUMNS = [  # (metric key of evaluate_world, header)
     ("i2t_R@1", "I→T R@1"), ("t2i_R@1", "T→I R@1"), ("zeroshot_shape", "ZS shape"),
     ("zeroshot_colour_shape", "ZS colour+shape"), ("replace_att", "repl-att"), ("replace_obj", "repl-obj"),
     ("add_att", "add-att"), ("add_obj", "add-obj"), ("swap_att", "swap-att"), ("concept_binding", "concept binding"),
 ]
+
+
+SPLIT_COLUMNS = [  # the compositional world: each on seen and on unseen compositions
+    ("i2t_R@1", "I→T R@1"), ("zeroshot_colour_shape", "ZS colour+shape"), ("replace_att", "repl-att"),
+    ("swap_att", "swap-att"), ("add_att", "add-att"), ("concept_binding", "concept binding"),
+    ("swap_rel", "swap-rel"), ("replace_rel", "replace-rel"),
+]
+STUDY_COLUMNS = [("i2t_R@1", "I→T R@1"), ("t2i_R@1", "T→I R@1"), ("zeroshot_shape", "ZS shape"),
+                 ("zeroshot_colour_shape", "ZS colour+shape"), ("add_att", "add-att"), ("swap_att", "swap-att"),
+                 ("concept_binding", "concept binding")]
 
 
 def slug(name):
@@ -99,8 +137,12 @@ def run(cfg):
 
 
 def score(ckpt_path, s):
-    model, tok = train.model_from_checkpoint(train.load_checkpoint(ckpt_path))
-    return model, tok, evaluate.evaluate_world(model, tok, seed=0, n_scenes=s.eval_scenes, image_size=model.cfg.image_size)
+    ckpt = train.load_checkpoint(ckpt_path)
+    model, tok = train.model_from_checkpoint(ckpt)
+    world = ckpt["config"]  # evaluated on the world it was trained on
+    return model, tok, evaluate.evaluate_world(model, tok, seed=0, n_scenes=s.eval_scenes, image_size=model.cfg.image_size,
+                                               world_split=world.get("world_split", "default"),
+                                               relations=world.get("relations", False))
 
 
 def fmt(values):
@@ -109,21 +151,90 @@ def fmt(values):
     return f"{100 * statistics.mean(values):.1f} ± {100 * statistics.stdev(values):.1f}"
 
 
-def table(rows, seeds):
-    head = "| model | " + " | ".join(h for _, h in COLUMNS) + " |"
-    lines = [head, "|" + "---|" * (len(COLUMNS) + 1)]
+def table(rows, seeds, columns=COLUMNS, what="fine-tuning seeds"):
+    head = "| model | " + " | ".join(h for _, h in columns) + " |"
+    lines = [head, "|" + "---|" * (len(columns) + 1)]
     for name, per_seed in rows:
-        lines.append(f"| {name} | " + " | ".join(fmt([m[k] for m in per_seed]) for k, _ in COLUMNS) + " |")
-    return "\n".join(lines) + f"\n\n%, held-out scenes; mean ± std over fine-tuning seeds {seeds} (a single value: one run)."
+        lines.append(f"| {name} | " + " | ".join(fmt([m[k] for m in per_seed]) for k, _ in columns) + " |")
+    return "\n".join(lines) + f"\n\n%, held-out scenes; mean ± std over {what} {seeds} (a single value: one run)."
+
+
+def write(s, stem, results, md):
+    with open(os.path.join(s.out_dir, f"{stem}.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    with open(os.path.join(s.out_dir, f"{stem}.md"), "w") as f:
+        f.write(md)
+    print(md)
+    print(f"wrote {s.out_dir}/{stem}.json and {stem}.md")
+
+
+def footer(t0):
+    return (f"\n\nWall time {(time.time() - t0) / 60:.1f} min on {os.cpu_count()} CPU cores "
+            f"(torch {torch.__version__}, {torch.get_num_threads()} threads).\n")
+
+
+def compositional(s, common):
+    """from scratch on the compositional split with relation captions; seen and unseen tables"""
+    t0 = time.time()
+    seeds = [int(x) for x in s.scratch_seeds.split(",")]
+    world = dict(world_split="compositional", relations=True)
+    walls, rows = {}, {}
+    for seed in seeds:
+        for name, loss in SCRATCH:
+            cfg = train.Config(out_dir=os.path.join(s.out_dir, f"compositional_{slug(name)}_s{seed}"), loss=loss,
+                               steps=s.scratch_steps, lr=s.pretrain_lr, seed=seed, **world, **common)
+            walls[f"{name} s{seed}"] = run(cfg)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    for name, _ in SCRATCH:
+        rows[name] = [score(os.path.join(s.out_dir, f"compositional_{slug(name)}_s{seed}", "ckpt.pt"), s)[2]
+                      for seed in seeds]
+    what = f"seeds (from scratch, {s.scratch_steps} steps)"
+    md = ""
+    for part in ("seen", "unseen"):
+        cols = [(f"{part}/{k}", h) for k, h in SPLIT_COLUMNS]
+        md += f"## {part.capitalize()} compositions\n\n" + table(list(rows.items()), seeds, cols, what) + "\n\n"
+    results = {"settings": asdict(s), "variants": rows, "wall_s": walls}
+    write(s, "results_compositional", results, md.rstrip() + footer(t0))
+
+
+def finetune_study(s, common, pre_ckpt):
+    """C2LIP fine-tuned under other settings, each with a control of the same budget"""
+    t0 = time.time()
+    seeds = [int(x) for x in s.study_seeds.split(",")]
+    walls, rows = {}, {}
+    for seed in seeds:
+        for name, loss, over in STUDY:
+            over = {"steps": s.finetune_steps, "lr": s.finetune_lr, **over}
+            cfg = train.Config(out_dir=os.path.join(s.out_dir, f"study_{slug(name)}_s{seed}"), init=pre_ckpt, loss=loss,
+                               warmup=s.finetune_warmup, seed=seed, **common, **over)
+            walls[f"{name} s{seed}"] = run(cfg)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    pretrained = score(pre_ckpt, s)[2]
+    for name, _, _ in STUDY:
+        rows[name] = [score(os.path.join(s.out_dir, f"study_{slug(name)}_s{seed}", "ckpt.pt"), s)[2] for seed in seeds]
+    md = "## Fine-tuning study\n\n" + table([("SigLIP pretrained (no ft)", [pretrained])] + list(rows.items()), seeds,
+                                            STUDY_COLUMNS, "fine-tuning seeds")
+    results = {"settings": asdict(s), "pretrained": pretrained, "variants": rows, "wall_s": walls}
+    write(s, "results_finetune", results, md + footer(t0))
 
 
 def main(s):
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         sys.exit("reproduce.py runs its trainings one after another in one process; to scale up, run the "
                  "train.py commands it prints (== lines) under torchrun, then `python reproduce.py` reuses them")
+    parts = s.parts.split(",")
+    unknown = [p for p in parts if p not in ("papers", "compositional", "finetune")]
+    if unknown:
+        sys.exit(f"error: --parts: unknown {', '.join(unknown)}; use papers, compositional and/or finetune")
     seeds = [int(x) for x in s.seeds.split(",")]
     size = {"model": s.model, **({"image_size": s.image_size} if s.image_size else {})}
     common = dict(batch_size=s.batch_size, world_scenes=s.world_scenes, threads=s.threads, eval=False, log_every=50, ckpt_every=100, **size)
+    if "compositional" in parts:
+        compositional(s, common)
+    if parts == ["compositional"]:
+        return
     t_all = time.time()
     walls = {}
     # 1. pretrain on long captions with the SigLIP loss
@@ -131,6 +242,10 @@ def main(s):
                        lr=s.pretrain_lr, seed=0, **common)
     walls["pretrain"] = run(pre)
     pre_ckpt = os.path.join(pre.out_dir, "ckpt.pt")
+    if "finetune" in parts:
+        finetune_study(s, common, pre_ckpt)
+    if "papers" not in parts:
+        return
     # 2. fine-tune every variant from it, per seed
     abl_seeds = [int(x) for x in s.ablation_seeds.split(",")] if s.ablations else []
     variants = MAIN + (ABLATIONS if s.ablations else [])
