@@ -60,6 +60,7 @@ class Settings:
     scratch_steps: int = 1000         # compositional: training steps of each from-scratch run
     scratch_seeds: str = "0,1,2"      # compositional: seeds of every loss
     study_seeds: str = "0,1,2"        # finetune: seeds of every setting
+    train: bool = True                # false: train nothing, tabulate the finished runs (compositional, finetune)
 
 
 # (name, loss, overrides); the first three are the main table
@@ -80,15 +81,15 @@ ABLATIONS = [
 SCRATCH = [("SigLIP", "siglip"), ("C2LIP", "c2lip"), ("DeGLA", "degla"), ("C2LIP+DeGLA", "c2lip+degla")]
 # the fine-tuning study: (name, loss, overrides of the fine-tune); a control with the same lr and steps goes with
 # each budget, so every C2LIP row has a like-for-like SigLIP row
-STUDY = [
+STUDY = [  # run in this order, setting by setting; the first two are the papers part's main rows (same folders)
     ("SigLIP ft (control)", "siglip", {}),
     ("C2LIP", "c2lip", {}),
-    ("C2LIP, L_npc weight 0.1", "c2lip", {"npc_weight": 0.1}),
-    ("C2LIP, L_npc 0.1, L_xac 0.1", "c2lip", {"npc_weight": 0.1, "xac_weight": 0.1}),
     ("SigLIP ft, lr 1e-4", "siglip", {"lr": 1e-4}),
     ("C2LIP, lr 1e-4", "c2lip", {"lr": 1e-4}),
+    ("C2LIP, L_npc weight 0.1", "c2lip", {"npc_weight": 0.1}),
     ("SigLIP ft, 100 steps", "siglip", {"steps": 100}),
     ("C2LIP, 100 steps", "c2lip", {"steps": 100}),
+    ("C2LIP, L_npc 0.1, L_xac 0.1", "c2lip", {"npc_weight": 0.1, "xac_weight": 0.1}),
 ]
 COLUMNS = [  # (metric key of evaluate_world, header)
     ("i2t_R@1", "I→T R@1"), ("t2i_R@1", "T→I R@1"), ("zeroshot_shape", "ZS shape"),
@@ -123,9 +124,11 @@ def command(cfg):
     return "torchrun --standalone --nproc_per_node=N train.py " + " ".join(flags)
 
 
-def run(cfg):
-    """train unless already done; returns the wall time in seconds (0 when reused)"""
+def run(cfg, train_it=True):
+    """train unless already done; returns the wall time in seconds (0 when reused or not trained)"""
     print(f"== {command(cfg)}")
+    if not train_it:
+        return 0.0
     if finished(cfg.out_dir, cfg.steps):
         print(f"reusing {cfg.out_dir}")
         return 0.0
@@ -134,6 +137,18 @@ def run(cfg):
     t0 = time.time()
     train.main(cfg)
     return time.time() - t0
+
+
+def scores(runs, s):
+    """{name: [metrics of each finished run]} for {name: [(out_dir, steps)]}; unfinished runs are left out"""
+    out = {}
+    for name, dirs in runs.items():
+        done = [d for d, steps in dirs if finished(d, steps)]
+        if len(done) < len(dirs):
+            print(f"{name}: {len(dirs) - len(done)} of {len(dirs)} runs not finished, left out")
+        if done:
+            out[name] = [score(os.path.join(d, "ckpt.pt"), s)[2] for d in done]
+    return out
 
 
 def score(ckpt_path, s):
@@ -178,17 +193,16 @@ def compositional(s, common):
     t0 = time.time()
     seeds = [int(x) for x in s.scratch_seeds.split(",")]
     world = dict(world_split="compositional", relations=True)
-    walls, rows = {}, {}
-    for seed in seeds:
+    walls, runs = {}, {name: [] for name, _ in SCRATCH}
+    for seed in seeds:  # seed by seed: an interrupted reproduction has every loss on the first seeds
         for name, loss in SCRATCH:
             cfg = train.Config(out_dir=os.path.join(s.out_dir, f"compositional_{slug(name)}_s{seed}"), loss=loss,
                                steps=s.scratch_steps, lr=s.pretrain_lr, seed=seed, **world, **common)
-            walls[f"{name} s{seed}"] = run(cfg)
+            walls[f"{name} s{seed}"] = run(cfg, s.train)
+            runs[name].append((cfg.out_dir, cfg.steps))
     if int(os.environ.get("RANK", "0")) != 0:
         return
-    for name, _ in SCRATCH:
-        rows[name] = [score(os.path.join(s.out_dir, f"compositional_{slug(name)}_s{seed}", "ckpt.pt"), s)[2]
-                      for seed in seeds]
+    rows = scores(runs, s)
     what = f"seeds (from scratch, {s.scratch_steps} steps)"
     md = ""
     for part in ("seen", "unseen"):
@@ -202,18 +216,18 @@ def finetune_study(s, common, pre_ckpt):
     """C2LIP fine-tuned under other settings, each with a control of the same budget"""
     t0 = time.time()
     seeds = [int(x) for x in s.study_seeds.split(",")]
-    walls, rows = {}, {}
-    for seed in seeds:
-        for name, loss, over in STUDY:
-            over = {"steps": s.finetune_steps, "lr": s.finetune_lr, **over}
-            cfg = train.Config(out_dir=os.path.join(s.out_dir, f"study_{slug(name)}_s{seed}"), init=pre_ckpt, loss=loss,
-                               warmup=s.finetune_warmup, seed=seed, **common, **over)
-            walls[f"{name} s{seed}"] = run(cfg)
+    walls, runs = {}, {name: [] for name, _, _ in STUDY}
+    for name, loss, over in STUDY:  # setting by setting: an interrupted study has whole settings
+        for seed in seeds:
+            over_ = {"steps": s.finetune_steps, "lr": s.finetune_lr, **over}
+            cfg = train.Config(out_dir=os.path.join(s.out_dir, f"{slug(name)}_s{seed}"), init=pre_ckpt, loss=loss,
+                               warmup=s.finetune_warmup, seed=seed, **common, **over_)
+            walls[f"{name} s{seed}"] = run(cfg, s.train)
+            runs[name].append((cfg.out_dir, cfg.steps))
     if int(os.environ.get("RANK", "0")) != 0:
         return
     pretrained = score(pre_ckpt, s)[2]
-    for name, _, _ in STUDY:
-        rows[name] = [score(os.path.join(s.out_dir, f"study_{slug(name)}_s{seed}", "ckpt.pt"), s)[2] for seed in seeds]
+    rows = scores(runs, s)
     md = "## Fine-tuning study\n\n" + table([("SigLIP pretrained (no ft)", [pretrained])] + list(rows.items()), seeds,
                                             STUDY_COLUMNS, "fine-tuning seeds")
     results = {"settings": asdict(s), "pretrained": pretrained, "variants": rows, "wall_s": walls}
@@ -240,7 +254,7 @@ def main(s):
     # 1. pretrain on long captions with the SigLIP loss
     pre = train.Config(out_dir=os.path.join(s.out_dir, "pretrain"), loss="siglip", steps=s.pretrain_steps,
                        lr=s.pretrain_lr, seed=0, **common)
-    walls["pretrain"] = run(pre)
+    walls["pretrain"] = run(pre, s.train)
     pre_ckpt = os.path.join(pre.out_dir, "ckpt.pt")
     if "finetune" in parts:
         finetune_study(s, common, pre_ckpt)
