@@ -185,7 +185,7 @@ def compute_losses(out, batch, cfg, rank_images):
     if uses_negatives(cfg.loss):
         v_all, _ = losses.gather(out["image"])
         q = out["extra"][n_concepts:]
-        q_all, _ = losses.gather(q)  # negatives gathered apart from the captions (D-3)
+        q_all, _ = losses.gather(q)  # negatives gathered apart from the captions: the layout [P], [Q] holds
         terms["base"] = losses.degla_base_loss(out["image"], v_all, y_all, q_all, t, offset, cfg.base_own_only)
     else:
         terms["con"] = losses.siglip_loss(out["image"], y_all, t, b, offset)
