@@ -43,7 +43,9 @@ import math
 import os
 import random
 import re
+import sys
 import tempfile
+import time
 from dataclasses import dataclass
 
 import torch
@@ -222,7 +224,8 @@ class Encoder:
     def __init__(self, model, tokenizer, device="cpu", batch_size=256, workers=0, progress=True):
         self.model, self.tokenizer, self.device = model.eval(), tokenizer, device
         self.image_size = model.cfg.image_size
-        self.batch_size, self.workers, self.progress = batch_size, workers, progress
+        # bars only on a terminal: redirected to a file they would be one endless line
+        self.batch_size, self.workers, self.progress = batch_size, workers, progress and sys.stderr.isatty()
         self.image_cache, self.text_cache = {}, {}
 
     @torch.no_grad()
@@ -829,7 +832,10 @@ def run_benchmarks(enc, root, tasks, **options):
         if len(tasks) > 1 and not found(task, root):
             print(f"skipped {task}: not found under {root}")
             continue
-        out += run_task(enc, task, root, **options)
+        t0 = time.time()
+        res = run_task(enc, task, root, **options)
+        print(f"{task}: {len(res)} result(s) in {time.time() - t0:.1f}s", flush=True)
+        out += res
     return out
 
 
