@@ -2,7 +2,7 @@
 Evaluate a checkpoint on the compositionality benchmarks, zero-shot classification and retrieval, each
 read from its official local files and scored by its official protocol (../shared/METHOD.md section 4).
 
-    python evaluate.py --ckpt=runs/default/ckpt.pt --task=world                # built-in world, held-out scenes
+    python evaluate.py --ckpt=runs/siglip/ckpt.pt --task=world                # built-in world, held-out scenes
     python evaluate.py --ckpt=runs/c2lip/ckpt.pt --task=sugarcrepe --root=/data/bench
     python evaluate.py --ckpt=runs/c2lip/ckpt.pt --task=all --root=/data/bench --out=results/
 
@@ -922,7 +922,7 @@ def main(a):
     from checkpoint import load_checkpoint, model_from_checkpoint
     from cli import check_choice
     if not a.ckpt:
-        raise UsageError("--ckpt is required: the checkpoint to evaluate, e.g. --ckpt=runs/default/ckpt.pt")
+        raise UsageError("--ckpt is required: the checkpoint to evaluate, e.g. --ckpt=runs/siglip/ckpt.pt")
     check_choice("task", a.task, ["world", "all", "attention"] + TASKS)
     check_choice("templates", a.templates, ("auto", "openai", "siglip"))
     check_choice("device", a.device, ("auto", "cpu", "cuda"))

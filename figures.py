@@ -1,7 +1,7 @@
 """
 Pictures of runs: training curves, and C2LIP's concept attention maps.
 
-    python figures.py --runs=runs/default,runs/c2lip --out=curves.png     # loss terms, lr, t, b, evaluation
+    python figures.py --runs=runs/siglip,runs/c2lip --out=curves.png     # loss terms, lr, t, b, evaluation
     python evaluate.py --task=attention --ckpt=A/ckpt.pt --compare=B/ckpt.pt   # attention maps (drawn here)
 
 Both draw with matplotlib (imported when a figure is drawn, so the rest of the project does not need it).
@@ -194,7 +194,7 @@ class CurvesConfig:
 def main(cfg):
     dirs = [d for d in cfg.runs.split(",") if d]
     if not dirs:
-        raise UsageError("--runs is required: comma-separated run folders, e.g. --runs=runs/default,runs/c2lip")
+        raise UsageError("--runs is required: comma-separated run folders, e.g. --runs=runs/siglip,runs/c2lip")
     names = cfg.names.split(",") if cfg.names else [os.path.basename(os.path.normpath(d)) for d in dirs]
     if len(names) != len(dirs):
         raise UsageError(f"--names has {len(names)} names for {len(dirs)} runs; give one per run")
