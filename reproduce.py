@@ -36,7 +36,10 @@ from dataclasses import dataclass, asdict
 import torch
 
 import evaluate
+import figures
 import train
+from checkpoint import load_checkpoint, model_from_checkpoint
+import cli
 
 
 @dataclass
@@ -55,7 +58,7 @@ class Settings:
     eval_scenes: int = 1000
     ablations: bool = True
     ablation_seeds: str = "0"         # seeds for the ablation runs (each costs as much as a main run)
-    threads: int = 0                  # torch CPU threads per run (0 = torch's default)
+    threads: int = 1                  # torch CPU threads per run (0 = torch's default; 1 keeps results exact)
     parts: str = "papers"             # papers, compositional, finetune (comma-separated)
     scratch_steps: int = 1000         # compositional: training steps of each from-scratch run
     scratch_seeds: str = "0,1,2"      # compositional: seeds of every loss
@@ -114,7 +117,7 @@ def slug(name):
 
 def finished(out_dir, steps):
     path = os.path.join(out_dir, "ckpt.pt")
-    return os.path.exists(path) and train.load_checkpoint(path)["step"] >= steps
+    return os.path.exists(path) and load_checkpoint(path)["step"] >= steps
 
 
 def command(cfg):
@@ -132,8 +135,7 @@ def run(cfg, train_it=True):
     if finished(cfg.out_dir, cfg.steps):
         print(f"reusing {cfg.out_dir}")
         return 0.0
-    if os.path.exists(os.path.join(cfg.out_dir, "ckpt.pt")):
-        cfg.resume = True  # an interrupted run continues exactly
+    cfg.resume = True  # an interrupted run continues exactly (or starts at step 0 when it saved nothing yet)
     t0 = time.time()
     train.main(cfg)
     return time.time() - t0
@@ -152,8 +154,8 @@ def scores(runs, s):
 
 
 def score(ckpt_path, s):
-    ckpt = train.load_checkpoint(ckpt_path)
-    model, tok = train.model_from_checkpoint(ckpt)
+    ckpt = load_checkpoint(ckpt_path)
+    model, tok = model_from_checkpoint(ckpt)
     world = ckpt["config"]  # evaluated on the world it was trained on
     return model, tok, evaluate.evaluate_world(model, tok, seed=0, n_scenes=s.eval_scenes, image_size=model.cfg.image_size,
                                                world_split=world.get("world_split", "default"),
@@ -236,12 +238,12 @@ def finetune_study(s, common, pre_ckpt):
 
 def main(s):
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        sys.exit("reproduce.py runs its trainings one after another in one process; to scale up, run the "
+        raise cli.UsageError("reproduce.py runs its trainings one after another in one process; to scale up, run the "
                  "train.py commands it prints (== lines) under torchrun, then `python reproduce.py` reuses them")
     parts = s.parts.split(",")
     unknown = [p for p in parts if p not in ("papers", "compositional", "finetune")]
     if unknown:
-        sys.exit(f"error: --parts: unknown {', '.join(unknown)}; use papers, compositional and/or finetune")
+        raise cli.UsageError(f"--parts: unknown {', '.join(unknown)}; use papers, compositional and/or finetune")
     seeds = [int(x) for x in s.seeds.split(",")]
     size = {"model": s.model, **({"image_size": s.image_size} if s.image_size else {})}
     common = dict(batch_size=s.batch_size, world_scenes=s.world_scenes, threads=s.threads, eval=False, log_every=50, ckpt_every=100, **size)
@@ -296,11 +298,11 @@ def main(s):
     # 5. attention maps: C2LIP and the control, seed 0
     fig = os.path.join(s.out_dir, "attention_c2lip_vs_control.png")
     c2, ctrl = models["C2LIP"], models["SigLIP ft (control)"]
-    evaluate.attention_figure(fig, [("C2LIP", c2[0]), ("control", ctrl[0])], c2[1], n_scenes=2,
+    figures.attention_figure(fig, [("C2LIP", c2[0]), ("control", ctrl[0])], c2[1], n_scenes=2,
                               image_size=c2[0].cfg.image_size)
     if "C2LIP: L_xac weight 1.0" in models:
         x1 = models["C2LIP: L_xac weight 1.0"]
-        evaluate.attention_figure(os.path.join(s.out_dir, "attention_c2lip_xac1_vs_control.png"),
+        figures.attention_figure(os.path.join(s.out_dir, "attention_c2lip_xac1_vs_control.png"),
                                   [("C2LIP xac 1.0", x1[0]), ("control", ctrl[0])], x1[1], n_scenes=2,
                                   image_size=x1[0].cfg.image_size)
     results["wall_total_s"] = time.time() - t_all
@@ -315,8 +317,4 @@ def main(s):
 
 
 if __name__ == "__main__":
-    try:
-        settings = train.parse_args(sys.argv[1:], Settings)
-    except ValueError as e:
-        sys.exit(f"error: {e}")
-    main(settings)
+    cli.run(main, Settings, doc=__doc__)
