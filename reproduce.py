@@ -85,8 +85,8 @@ SCRATCH = [("SigLIP", "siglip"), ("C2LIP", "c2lip"), ("DeGLA", "degla"), ("C2LIP
 # the fine-tuning study: (name, loss, overrides of the fine-tune); a control with the same lr and steps goes with
 # each budget, so every C2LIP row has a like-for-like SigLIP row
 STUDY = [  # run in this order, setting by setting; the two plain rows are the papers part's main rows (same folders)
-    ("SigLIP ft, lr 1e-4", "siglip", {"lr": 1e-4}),
     ("C2LIP, lr 1e-4", "c2lip", {"lr": 1e-4}),
+    ("SigLIP ft, lr 1e-4", "siglip", {"lr": 1e-4}),
     ("C2LIP, L_npc weight 0.1", "c2lip", {"npc_weight": 0.1}),
     ("SigLIP ft (control)", "siglip", {}),
     ("C2LIP", "c2lip", {}),
