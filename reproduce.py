@@ -63,6 +63,7 @@ class Settings:
     scratch_steps: int = 1000         # compositional: training steps of each from-scratch run
     scratch_seeds: str = "0,1,2"      # compositional: seeds of every loss
     study_seeds: str = "0,1,2"        # finetune: seeds of every setting
+    study_settings: int = 0           # finetune: run and tabulate only the first n settings of STUDY (0 = all)
     train: bool = True                # false: train nothing, tabulate the finished runs (compositional, finetune)
 
 
@@ -218,8 +219,9 @@ def finetune_study(s, common, pre_ckpt):
     """C2LIP fine-tuned under other settings, each with a control of the same budget"""
     t0 = time.time()
     seeds = [int(x) for x in s.study_seeds.split(",")]
-    walls, runs = {}, {name: [] for name, _, _ in STUDY}
-    for name, loss, over in STUDY:  # setting by setting: an interrupted study has whole settings
+    study = STUDY[:s.study_settings or len(STUDY)]
+    walls, runs = {}, {name: [] for name, _, _ in study}
+    for name, loss, over in study:  # setting by setting: an interrupted study has whole settings
         for seed in seeds:
             over_ = {"steps": s.finetune_steps, "lr": s.finetune_lr, **over}
             cfg = train.Config(out_dir=os.path.join(s.out_dir, f"{slug(name)}_s{seed}"), init=pre_ckpt, loss=loss,
