@@ -150,8 +150,23 @@ def scores(runs, s):
         if len(done) < len(dirs):
             print(f"{name}: {len(dirs) - len(done)} of {len(dirs)} runs not finished, left out")
         if done:
-            out[name] = [score(os.path.join(d, "ckpt.pt"), s)[2] for d in done]
+            out[name] = [cached_score(d, s) for d in done]
     return out
+
+
+def cached_score(run_dir, s):
+    """score() of a run's checkpoint, kept in run_dir/world_scores.json for that checkpoint file and scene count"""
+    path, ckpt = os.path.join(run_dir, "world_scores.json"), os.path.join(run_dir, "ckpt.pt")
+    key = {"ckpt_mtime_ns": os.stat(ckpt).st_mtime_ns, "eval_scenes": s.eval_scenes}
+    if os.path.exists(path):
+        with open(path) as f:
+            saved = json.load(f)
+        if saved["key"] == key:
+            return saved["metrics"]
+    metrics = score(ckpt, s)[2]
+    with open(path, "w") as f:
+        json.dump({"key": key, "metrics": metrics}, f, indent=2)
+    return metrics
 
 
 def score(ckpt_path, s):
