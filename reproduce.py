@@ -149,6 +149,7 @@ def scores(runs, s):
         done = [d for d, steps in dirs if finished(d, steps)]
         if len(done) < len(dirs):
             print(f"{name}: {len(dirs) - len(done)} of {len(dirs)} runs not finished, left out")
+            name = f"{name} ({len(done)} of {len(dirs)} seeds)"
         if done:
             out[name] = [cached_score(d, s) for d in done]
     return out
@@ -245,7 +246,7 @@ def finetune_study(s, common, pre_ckpt):
             runs[name].append((cfg.out_dir, cfg.steps))
     if int(os.environ.get("RANK", "0")) != 0:
         return
-    pretrained = score(pre_ckpt, s)[2]
+    pretrained = cached_score(os.path.dirname(pre_ckpt), s)
     rows = scores(runs, s)
     md = "## Fine-tuning study\n\n" + table([("SigLIP pretrained (no ft)", [pretrained])] + list(rows.items()), seeds,
                                             STUDY_COLUMNS, "fine-tuning seeds")
@@ -257,6 +258,8 @@ def main(s):
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise cli.UsageError("reproduce.py runs its trainings one after another in one process; to scale up, run the "
                  "train.py commands it prints (== lines) under torchrun, then `python reproduce.py` reuses them")
+    if s.threads:
+        torch.set_num_threads(s.threads)
     parts = s.parts.split(",")
     unknown = [p for p in parts if p not in ("papers", "compositional", "finetune")]
     if unknown:
