@@ -5,8 +5,9 @@ Time one training step (forward, loss, backward, AdamW) on a synthetic batch, wi
     python bench_train.py --model=B/16 --batch=8 --threads=1 --compare=openclip
     python bench_train.py --model=B/16 --batch=96 --loss=c2lip --device=cuda --bf16 --compile --fused
 
-The timed step is train.py's: the same forward call, compute_losses, LOSS_WEIGHTS, configure_optimizer
-(optionally rebuilt fused), logit-scale clamp and, for DeGLA, the EMA teacher's forward and update.
+The timed step is train.py's own: train.train_step (forward, the teacher's forward for DeGLA, compute_losses,
+LOSS_WEIGHTS, backward) then train.finish_step (AdamW from configure_optimizer, optionally rebuilt fused,
+the logit-scale clamp, the EMA update); bf16 autocast is CUDA-only there, so --bf16 is too.
 C2LIP gets `concepts` concept texts per image; DeGLA gets `negatives` hard negatives per caption, so
 1 + K texts per image. Only the host-device sync of train.py's finite-loss check is left out.
 
@@ -41,6 +42,7 @@ from dataclasses import dataclass, asdict, fields, replace
 import torch
 
 import train
+from cli import UsageError, run as run_cli
 from model import DualEncoder, PRESETS, model_config
 
 # -----------------------------------------------------------------------------
@@ -57,7 +59,7 @@ class BenchConfig:
     steps: int = 10               # timed steps (per model with --compare)
     warmup: int = 2               # untimed steps first (compile, allocator, optimizer state)
     device: str = "cpu"           # cpu | cuda
-    bf16: bool = False            # bf16 autocast around forward and loss (fp32 master weights)
+    bf16: bool = False            # bf16 autocast around forward and loss (fp32 master weights; CUDA only)
     compile: bool = False         # torch.compile the model (not the teacher, as train.py)
     fused: bool = False           # fused AdamW (CUDA only)
     threads: int = 0              # torch CPU threads (0 = leave as is)
@@ -152,10 +154,20 @@ def make_optimizer(model, tcfg, fused):
     return torch.optim.AdamW(groups, lr=tcfg.lr, betas=(tcfg.beta1, tcfg.beta2), eps=tcfg.eps, fused=True)
 
 
+class _NoReport:
+    """train_step reports unreadable images; a synthetic batch has none"""
+
+    @staticmethod
+    def add_skipped(skipped, n_global):
+        pass
+
+
 def build_ours(cfg, bcfg, device):
-    """(step function, resident tensors) for our model with train.py's step"""
+    """(step function, resident tensors): train.train_step and train.finish_step on our model"""
     torch.manual_seed(bcfg.seed)
-    tcfg = train.Config(loss=bcfg.loss, batch_size=bcfg.batch, num_negatives=bcfg.negatives, model=bcfg.model)
+    tcfg = train.Config(loss=bcfg.loss, batch_size=bcfg.batch, num_negatives=bcfg.negatives, model=bcfg.model,
+                        bf16=bcfg.bf16, compile=bcfg.compile)
+    env = train.Env(rank=0, world=1, local_rank=0, device=device, ddp=False, use_cuda=device.type == "cuda")
     model = DualEncoder(cfg).to(device).train()
     teacher = None
     if bcfg.loss == "degla":
@@ -164,25 +176,16 @@ def build_ours(cfg, bcfg, device):
     opt = make_optimizer(model, tcfg, bcfg.fused)
     forward = torch.compile(model) if bcfg.compile else model
     batch = synthetic_batch(cfg, bcfg, device)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bcfg.bf16)
-    for i, g in enumerate(opt.param_groups):
+    # the names train.py's collate gives; train_step moves them to the device (a no-op here)
+    batch = {"images": batch["images"], "tokens": batch["tokens"], "skipped": [],
+             **({"concept_tokens": batch["extra"], "owner": batch["owner"]} if bcfg.loss == "c2lip" else {}),
+             **({"negative_tokens": batch["extra"]} if bcfg.loss == "degla" else {})}
+    for g in opt.param_groups:
         g["lr"] = tcfg.lr * g["lr_mult"]
 
     def step():
-        with autocast:
-            out = forward(batch["images"], batch["tokens"], batch["extra"], return_tokens=bcfg.loss == "c2lip")
-            if teacher is not None:
-                with torch.no_grad():
-                    batch["teacher"] = teacher(batch["images"], batch["tokens"], batch["extra"])
-            terms = train.compute_losses(out, batch, tcfg, [bcfg.batch])
-            loss = sum(train.LOSS_WEIGHTS[k](tcfg) * v for k, v in terms.items())
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        with torch.no_grad():
-            model.logit_scale.clamp_(0, tcfg.max_logit_scale)
-        if teacher is not None:
-            train.ema_update(teacher, model, tcfg.ema_decay)
+        train.train_step(batch, forward, teacher, tcfg, cfg, env, _NoReport)
+        train.finish_step(model, teacher, opt, tcfg)
 
     return step, (model, teacher, opt, batch)
 
@@ -198,7 +201,7 @@ def build_openclip(cfg, bcfg, device):
     forward = torch.compile(model) if bcfg.compile else model
     batch = synthetic_batch(cfg, bcfg, device)
     loss_fn = SigLipLoss()
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bcfg.bf16)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda" and bcfg.bf16)
     for g in opt.param_groups:
         g["lr"] = tcfg.lr * g["lr_mult"]
 
@@ -225,7 +228,7 @@ def resident_bytes(model, teacher, opt, batch):
     """bytes of what lives across steps: parameters, optimizer state, teacher, batch"""
     tensors = list(model.parameters()) + [t for s in opt.state.values() for t in s.values() if torch.is_tensor(t)]
     tensors += list(teacher.parameters()) if teacher is not None else []
-    tensors += [t for t in batch.values() if torch.is_tensor(t)]
+    tensors += [t for t in batch.values() if torch.is_tensor(t)]  # (train_step adds the teacher's outputs: transient)
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
@@ -328,28 +331,28 @@ def time_steps(steps, n, device):
 
 def check(bcfg):
     if bcfg.model not in PRESETS:
-        raise ValueError(f"--model={bcfg.model}: expected one of {', '.join(PRESETS)}")
+        raise UsageError(f"--model={bcfg.model}: expected one of {', '.join(PRESETS)}")
     if bcfg.loss not in ("siglip", "c2lip", "degla"):
-        raise ValueError(f"--loss={bcfg.loss}: expected siglip, c2lip or degla")
+        raise UsageError(f"--loss={bcfg.loss}: expected siglip, c2lip or degla")
     if bcfg.device not in ("cpu", "cuda"):
-        raise ValueError(f"--device={bcfg.device}: expected cpu or cuda")
+        raise UsageError(f"--device={bcfg.device}: expected cpu or cuda")
     if bcfg.device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device=cuda: no CUDA device is visible; use --device=cpu")
+        raise UsageError("--device=cuda: no CUDA device is visible; use --device=cpu")
     if bcfg.fused and bcfg.device != "cuda":
-        raise ValueError("--fused: fused AdamW needs --device=cuda")
+        raise UsageError("--fused: fused AdamW needs --device=cuda")
+    if bcfg.bf16 and bcfg.device != "cuda":
+        raise UsageError("--bf16: train.py autocasts to bf16 on CUDA only; use --device=cuda or drop --bf16")
     if min(bcfg.batch, bcfg.steps, bcfg.concepts, bcfg.negatives) < 1 or bcfg.warmup < 0:
-        raise ValueError("--batch, --steps, --concepts and --negatives must be >= 1 and --warmup >= 0")
+        raise UsageError("--batch, --steps, --concepts and --negatives must be >= 1 and --warmup >= 0")
     if bcfg.compare not in ("", "openclip"):
-        raise ValueError(f"--compare={bcfg.compare}: the only comparison is --compare=openclip")
+        raise UsageError(f"--compare={bcfg.compare}: the only comparison is --compare=openclip")
     if bcfg.compare and (bcfg.model != "B/16" or bcfg.loss != "siglip"):
-        raise ValueError("--compare=openclip builds ViT-B-16-SigLIP with the SigLIP loss: "
+        raise UsageError("--compare=openclip builds ViT-B-16-SigLIP with the SigLIP loss: "
                          "use it with --model=B/16 --loss=siglip")
 
 
 def run(bcfg):
     """everything measured, as a dict"""
-    if bcfg.threads:
-        torch.set_num_threads(bcfg.threads)
     device = torch.device(bcfg.device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # as train.py
@@ -437,15 +440,11 @@ def print_table(out):
     print(f"memory: {out['memory_method']}")
 
 
-def main(argv):
-    try:
-        bcfg = train.parse_args(argv, BenchConfig)
-        check(bcfg)
-    except ValueError as e:
-        sys.exit(f"error: {e}")
+def main(bcfg):
+    check(bcfg)
+    if bcfg.threads:
+        torch.set_num_threads(bcfg.threads)
     if bcfg.child:
-        if bcfg.threads:
-            torch.set_num_threads(bcfg.threads)
         return child_main(bcfg)
     out = run(bcfg)
     if bcfg.json:
@@ -455,4 +454,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_cli(main, BenchConfig, doc=__doc__)

@@ -18,6 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import bench_train as BT  # noqa: E402
 import bench_xac as BX  # noqa: E402
+import cli  # noqa: E402
 import losses  # noqa: E402
 
 CPU = torch.device("cpu")
@@ -45,7 +46,8 @@ def test_analytic_step_flops_equal_flop_counter(loss, name):
     step, (model, _, _, batch) = BT.build_ours(cfg, bcfg, CPU)
     want = BT.step_flops(cfg, loss, 3, concepts=2, negatives=2)
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as fwd:
-        model(batch["images"], batch["tokens"], batch["extra"], return_tokens=loss == "c2lip")
+        model(batch["images"], batch["tokens"], batch.get("concept_tokens", batch.get("negative_tokens")),
+              return_tokens=loss == "c2lip")
     assert fwd.get_total_flops() == want["model_fwd"]
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as whole:
         step()
@@ -87,11 +89,12 @@ def test_bench_train_in_process(loss):
     assert (out["flops"]["teacher_fwd"] > 0) == (loss == "degla")
 
 
-@pytest.mark.parametrize("args", [["--loss=clip"], ["--compare=openclip"], ["--batch=0"], ["--nope=1"]])
-def test_bench_train_bad_input_is_one_line(args):
+@pytest.mark.parametrize("args", [["--loss=clip"], ["--compare=openclip"], ["--batch=0"], ["--nope=1"], ["--bf16"]])
+def test_bench_train_bad_input_is_one_line(args, capsys):
     with pytest.raises(SystemExit) as e:
-        BT.main(args)
-    assert str(e.value).startswith("error: ") and "\n" not in str(e.value)
+        cli.run(BT.main, BT.BenchConfig, argv=args, prog="bench_train.py")
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and err.startswith("error: ") and "\n" not in err, err
 
 
 # ----------------------------------------------------------------------------- bench_xac
