@@ -10,17 +10,25 @@ machine), then extraction over a process pool for each --workers count, to show 
 rate (which needs that many free cores) and the rate per CPU-second of the workers (the pool start-up and
 the warm-up included), which stays at the one-process rate when the work splits without overhead.
 
-Run: python bench_concepts.py [--n 5000] [--workers 1,2]
+Run: python bench_concepts.py [--n=5000] [--workers=1,2]
 """
 
-import argparse
 import json
 import random
 import resource
 import time
+from dataclasses import dataclass
 from multiprocessing import Pool
 
 import concepts as C
+from cli import UsageError, run
+
+
+@dataclass
+class BenchConfig:
+    n: int = 5000                 # captions per set
+    workers: str = "1,2"          # comma-separated process counts for the scaling rows
+
 
 COLOURS = "red green blue yellow purple orange white pink".split()
 SHAPES = "circle square triangle ring star diamond".split()
@@ -68,17 +76,15 @@ def pool_rate(captions, workers):
     return len(captions) / wall, len(captions) / max(cpu, 1e-9)
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--n", type=int, default=5000, help="captions per set")
-    ap.add_argument("--workers", default="1,2", help="comma-separated process counts for the scaling rows")
-    args = ap.parse_args()
+def main(cfg):
     try:
-        workers = [int(w) for w in args.workers.split(",") if w]
+        workers = [int(w) for w in cfg.workers.split(",") if w]
     except ValueError:
-        raise SystemExit(f"error: --workers={args.workers!r} is not a comma-separated list of integers; e.g. 1,2")
-    sets = {"world": world_captions(args.n), "gold": gold_captions(args.n)}
-    print(f"tagger {C.tagger_name()} | one process | {args.n} captions per set | captions/s (per CPU-second)")
+        workers = []
+    if not workers or min(workers) < 1 or cfg.n < 1:
+        raise UsageError(f"--workers={cfg.workers!r} --n={cfg.n}: expected positive counts, e.g. --workers=1,2 --n=5000")
+    sets = {"world": world_captions(cfg.n), "gold": gold_captions(cfg.n)}
+    print(f"tagger {C.tagger_name()} | one process | {cfg.n} captions per set | captions/s (per CPU-second)")
     for name, caps in sets.items():
         tag_rate = rate(lambda c: C.tag(C.tokenize(c)), caps)
         ext_rate = rate(C.extract_concepts, caps)
@@ -95,4 +101,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run(main, BenchConfig, doc=__doc__)

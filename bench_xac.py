@@ -13,18 +13,19 @@ Methods: closed (losses.xattn_concept_loss), chunked (the same in B/8-image chun
 loop (the official per-concept scheme, see loop_loss), loop_bmm (the cheapest per-concept loop).
 """
 
-import argparse
 import json
 import os
 import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 import losses
+from cli import UsageError, run
 
 
 def loop_loss(tokens, c, owner, logit_scale, logit_bias, temperature=1.0):
@@ -63,6 +64,18 @@ def loop_bmm_loss(tokens, c, owner, logit_scale, logit_bias, temperature=1.0):
 
 
 METHODS = ("closed", "chunked", "loop", "loop_bmm")
+
+
+@dataclass
+class XacConfig:
+    device: str = "cpu"           # cpu | cuda
+    reps: int = 3                 # timed calls per case, after one warm-up call
+    shapes: str = ""              # B x N x T x d list, e.g. 32x80x16x128,96x290x196x768 ("" = the device's list)
+    methods: str = ",".join(METHODS)  # comma-separated subset of closed, chunked, loop, loop_bmm
+    max_loop: int = 300_000       # skip the loops on CPU above this B * N (minutes each)
+    threads: int = 1              # torch CPU threads (0 = leave as is)
+    json: bool = False            # one JSON object per case instead of the table
+    one: str = ""                 # internal: run one case given as JSON, print its result
 
 
 def _proc_status_bytes(key):
@@ -123,21 +136,11 @@ def parse_shapes(text):
     except ValueError:
         shapes = []
     if not shapes or any(len(s) != 4 or min(s) < 1 for s in shapes):
-        raise SystemExit(f"error: --shapes={text!r} is not a list like 32x80x16x128,96x290x196x768 (B x N x T x d)")
+        raise UsageError(f"--shapes={text!r} is not a list like 32x80x16x128,96x290x196x768 (B x N x T x d)")
     return shapes
 
 
-def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--reps", type=int, default=3, help="timed calls per case, after one warm-up call")
-    p.add_argument("--shapes", default="", help="B x N x T x d list, e.g. 32x80x16x128,48x144x196x768")
-    p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)}")
-    p.add_argument("--max_loop", type=int, default=300_000, help="skip the loops on CPU above this B * N")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (0 = leave as is)")
-    p.add_argument("--json", action="store_true", help="one JSON object per case instead of the table")
-    p.add_argument("--one", default="", help=argparse.SUPPRESS)  # internal: run one case as JSON
-    a = p.parse_args()
+def main(a):
     if a.threads:
         torch.set_num_threads(a.threads)
     if a.one:
@@ -147,7 +150,9 @@ def main():
         return
     methods = [m for m in a.methods.split(",") if m]
     if not methods or any(m not in METHODS for m in methods):
-        raise SystemExit(f"error: --methods={a.methods!r}: expected a comma-separated subset of {','.join(METHODS)}")
+        raise UsageError(f"--methods={a.methods!r}: expected a comma-separated subset of {','.join(METHODS)}")
+    if a.device not in ("cpu", "cuda") or a.reps < 1:
+        raise UsageError(f"--device={a.device} --reps={a.reps}: expected cpu or cuda and reps >= 1")
     if a.device == "cuda":
         # (B, N, T, d): a scaled-down official shape, then the official global batch
         shapes = [(96, 290, 196, 768), (192, 575, 196, 768), (768, 2300, 196, 768)]
@@ -165,7 +170,7 @@ def main():
             chunk = max(1, B // 8)
             arg = json.dumps(dict(B=B, N=N, T=T, d=d, method=method, dtype=dtype, chunk=chunk))
             cmd = [sys.executable, os.path.abspath(__file__), f"--device={a.device}", f"--reps={a.reps}",
-                   f"--threads={a.threads}", "--one", arg]
+                   f"--threads={a.threads}", f"--one={arg}"]
             # glibc then returns every freed block over 64 KiB at once, so the resident set follows torch's use
             env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
             res = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -181,4 +186,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run(main, XacConfig, doc=__doc__)

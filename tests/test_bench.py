@@ -131,5 +131,5 @@ def test_bench_xac_runs_every_method(method):
 
 def test_bench_xac_bad_shapes():
     assert BX.parse_shapes("4x6x5x8,2x3x4x5") == [(4, 6, 5, 8), (2, 3, 4, 5)]
-    with pytest.raises(SystemExit, match="^error: "):
+    with pytest.raises(cli.UsageError):
         BX.parse_shapes("4x6x5")
