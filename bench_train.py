@@ -23,6 +23,7 @@ before the model is built to the end of two steps, after a batch-1 warm-up step 
 code paged in on first use is not counted) and with glibc returning freed blocks at once; the allocator's
 fragmentation is included, so it is an upper bound of what torch needs.
 
+--loss=siglip,c2lip,degla times the three steps alternately in one run and prints their ratios to SigLIP.
 --compare=openclip builds open_clip's ViT-B-16-SigLIP with random weights (nothing is downloaded) and
 times its SigLIP step (open_clip.loss.SigLipLoss) on the same batch and settings, alternating with ours
 step by step. open-clip-torch is a benchmark-only dependency.
@@ -52,7 +53,7 @@ from model import DualEncoder, PRESETS, model_config
 @dataclass
 class BenchConfig:
     model: str = "tiny"           # size preset in model.PRESETS: tiny, S/16, B/16
-    loss: str = "siglip"          # siglip | c2lip | degla
+    loss: str = "siglip"          # siglip | c2lip | degla, or a list (siglip,c2lip,degla) timed alternately
     batch: int = 8                # images per step
     concepts: int = 3             # C2LIP: concept texts per image
     negatives: int = 4            # DeGLA: K hard negatives per caption
@@ -68,7 +69,7 @@ class BenchConfig:
     peak_size: int = 0            # side of the square matmul that measures peak FLOP/s (0 = 4096 on CUDA, 2048 on CPU)
     json: bool = False            # print one JSON object instead of the table
     seed: int = 0
-    child: str = ""               # internal: "ours" or "openclip" = measure that model's CPU peak memory, print JSON
+    child: str = ""               # internal: a loss or "openclip" = measure that step's CPU peak memory, print JSON
 
 # -----------------------------------------------------------------------------
 # analytic FLOPs (matmul FLOPs: 2 per multiply-add)
@@ -218,7 +219,14 @@ def build_openclip(cfg, bcfg, device):
     return step, (model, None, opt, batch)
 
 
-BUILDERS = {"ours": build_ours, "openclip": build_openclip}
+LOSSES = ("siglip", "c2lip", "degla")
+
+
+def build(name, cfg, bcfg, device):
+    """a step by name: one of our losses, or "openclip" (its SigLIP step)"""
+    if name == "openclip":
+        return build_openclip(cfg, bcfg, device)
+    return build_ours(cfg, replace(bcfg, loss=bcfg.loss if name == "ours" else name), device)
 
 # -----------------------------------------------------------------------------
 # measuring
@@ -270,14 +278,14 @@ def child_main(bcfg):
     except OSError:
         print(json.dumps({"peak_bytes": None}))  # no /proc: no honest CPU figure
         return
-    warm = BUILDERS[bcfg.child](cfg, replace(bcfg, batch=1), device)[0]
+    warm = build(bcfg.child, cfg, replace(bcfg, batch=1), device)[0]
     warm()  # first use of every kernel faults in library code pages; keep them out of the figure
     del warm
     gc.collect()
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
     before = _proc_status_bytes("VmRSS")
-    step, _ = BUILDERS[bcfg.child](cfg, bcfg, device)
+    step, _ = build(bcfg.child, cfg, bcfg, device)
     step()
     step()
     print(json.dumps({"peak_bytes": _proc_status_bytes("VmHWM") - before}))
@@ -332,8 +340,9 @@ def time_steps(steps, n, device):
 def check(bcfg):
     if bcfg.model not in PRESETS:
         raise UsageError(f"--model={bcfg.model}: expected one of {', '.join(PRESETS)}")
-    if bcfg.loss not in ("siglip", "c2lip", "degla"):
-        raise UsageError(f"--loss={bcfg.loss}: expected siglip, c2lip or degla")
+    names = bcfg.loss.split(",")
+    if not all(n in LOSSES for n in names) or len(set(names)) != len(names):
+        raise UsageError(f"--loss={bcfg.loss}: expected siglip, c2lip or degla, or a list of them (siglip,c2lip)")
     if bcfg.device not in ("cpu", "cuda"):
         raise UsageError(f"--device={bcfg.device}: expected cpu or cuda")
     if bcfg.device == "cuda" and not torch.cuda.is_available():
@@ -346,9 +355,9 @@ def check(bcfg):
         raise UsageError("--batch, --steps, --concepts and --negatives must be >= 1 and --warmup >= 0")
     if bcfg.compare not in ("", "openclip"):
         raise UsageError(f"--compare={bcfg.compare}: the only comparison is --compare=openclip")
-    if bcfg.compare and (bcfg.model != "B/16" or bcfg.loss != "siglip"):
+    if bcfg.compare and (bcfg.model != "B/16" or "siglip" not in names):
         raise UsageError("--compare=openclip builds ViT-B-16-SigLIP with the SigLIP loss: "
-                         "use it with --model=B/16 --loss=siglip")
+                         "use it with --model=B/16 and siglip among --loss")
 
 
 def run(bcfg):
@@ -358,12 +367,11 @@ def run(bcfg):
         torch.backends.cuda.matmul.allow_tf32 = True  # as train.py
         torch.backends.cudnn.allow_tf32 = True
     cfg = model_config(bcfg.model)
-    flops = step_flops(cfg, bcfg.loss, bcfg.batch, bcfg.concepts, bcfg.negatives)
     dtype = torch.bfloat16 if bcfg.bf16 else torch.float32
     n = bcfg.peak_size or (4096 if device.type == "cuda" else 2048)
     peak = peak_matmul_flops(device, dtype, n)
 
-    which = ["ours"]
+    which = bcfg.loss.split(",")
     skipped = None
     if bcfg.compare == "openclip":
         try:
@@ -371,7 +379,10 @@ def run(bcfg):
             which.append("openclip")
         except ImportError:
             skipped = "open_clip is not installed (pip install open-clip-torch timm): OpenCLIP comparison skipped"
-    built = {k: BUILDERS[k](cfg, bcfg, device) for k in which}
+    # open_clip's ViT-B-16-SigLIP has our B/16's shapes, so our SigLIP formula counts its FLOPs too
+    flops = {k: step_flops(cfg, "siglip" if k == "openclip" else k, bcfg.batch, bcfg.concepts, bcfg.negatives)
+             for k in which}
+    built = {k: build(k, cfg, bcfg, device) for k in which}
     steps = {k: s for k, (s, _) in built.items()}
     for k in which:  # warm-up one model at a time: compile, allocator, optimizer state
         for _ in range(bcfg.warmup):
@@ -384,15 +395,14 @@ def run(bcfg):
     for k in which:
         med = statistics.median(times[k])
         r = {"step_s_min": min(times[k]), "step_s_median": med, "step_s": times[k], "img_s": bcfg.batch / med}
-        if k == "ours" or bcfg.model == "B/16":  # open_clip's ViT-B-16-SigLIP has our B/16's shapes and FLOPs
-            r["flop_s"] = flops["total"] / med
-            r["mfu"] = r["flop_s"] / peak
+        r["flop_s"] = flops[k]["total"] / med
+        r["mfu"] = r["flop_s"] / peak
         if bcfg.memory:
             if device.type == "cuda":
                 r["peak_mem_bytes"] = cuda_peak_bytes(steps[k], built[k][1])
             else:
                 r["peak_mem_bytes"] = cpu_peak_bytes_child(bcfg, k)
-        r["params"] = built[k][1][0].num_params() if k == "ours" else sum(p.numel() for p in built[k][1][0].parameters())
+        r["params"] = sum(p.numel() for p in built[k][1][0].parameters())
         results[k] = r
     out = {"config": asdict(bcfg), "torch": torch.__version__, "device_name": device_name(device),
            "threads": torch.get_num_threads(), "dtype": str(dtype).replace("torch.", ""),
@@ -400,9 +410,10 @@ def run(bcfg):
            "memory_method": ("cuda max_memory_allocated over one step + resident state" if device.type == "cuda"
                              else "peak RSS (VmHWM) growth of a child process over build + 2 steps"),
            "results": results, "skipped": skipped}
-    if "openclip" in results:
-        out["ratio_median_ours_over_openclip"] = results["ours"]["step_s_median"] / results["openclip"]["step_s_median"]
-        out["ratio_min_ours_over_openclip"] = results["ours"]["step_s_min"] / results["openclip"]["step_s_min"]
+    # step-time ratios between steps that alternated: ours against OpenCLIP, C2LIP and DeGLA against SigLIP
+    pairs = [("siglip", "openclip"), ("c2lip", "siglip"), ("degla", "siglip")]
+    out["ratios"] = {f"{a}/{b}": {q: results[a][f"step_s_{q}"] / results[b][f"step_s_{q}"] for q in ("min", "median")}
+                     for a, b in pairs if a in results and b in results}
     return out
 
 
@@ -421,20 +432,19 @@ def print_table(out):
     print(f"bench_train | {c['model']} | loss {c['loss']} | batch {c['batch']} | {c['device']} {out['dtype']} | "
           f"compile {'on' if c['compile'] else 'off'} | fused {'on' if c['fused'] else 'off'} | "
           f"threads {out['threads']} | torch {out['torch']} | {out['device_name']}")
-    f = out["flops"]
-    print(f"FLOPs per step {f['total'] / 1e9:,.1f} G (model fwd {f['model_fwd'] / 1e9:,.1f}, bwd {f['model_bwd'] / 1e9:,.1f}; "
-          f"losses fwd+bwd {(f['loss_fwd'] + f['loss_bwd']) / 1e9:,.2f}; teacher fwd {f['teacher_fwd'] / 1e9:,.1f})")
+    for k, f in out["flops"].items():
+        print(f"{k:9s} FLOPs per step {f['total'] / 1e9:,.1f} G (model fwd {f['model_fwd'] / 1e9:,.1f}, "
+              f"bwd {f['model_bwd'] / 1e9:,.1f}; losses fwd+bwd {(f['loss_fwd'] + f['loss_bwd']) / 1e9:,.2f}; "
+              f"teacher fwd {f['teacher_fwd'] / 1e9:,.1f})")
     print(f"peak: {out['peak_flop_s'] / 1e9:,.1f} GFLOP/s ({out['dtype']} {out['peak_matmul_size']}^3 matmul, best of 5)")
     print(f"{'':9s} {'params':>9s} {'step ms min':>12s} {'median':>9s} {'img/s':>8s} {'GFLOP/s':>9s} {'MFU':>6s} {'peak MiB':>9s}")
     for k, r in out["results"].items():
-        mfu = f"{100 * r['mfu']:5.1f}%" if "mfu" in r else "     -"
-        gf = f"{r['flop_s'] / 1e9:9.1f}" if "flop_s" in r else f"{'-':>9s}"
+        mfu, gf = f"{100 * r['mfu']:5.1f}%", f"{r['flop_s'] / 1e9:9.1f}"
         mem = f"{r['peak_mem_bytes'] / 2 ** 20:9.0f}" if r.get("peak_mem_bytes") is not None else f"{'-':>9s}"
         print(f"{k:9s} {r['params'] / 1e6:8.2f}M {1000 * r['step_s_min']:12.1f} {1000 * r['step_s_median']:9.1f} "
               f"{r['img_s']:8.2f} {gf} {mfu} {mem}")
-    if "ratio_median_ours_over_openclip" in out:
-        print(f"ours / openclip step time: median {out['ratio_median_ours_over_openclip']:.3f}, "
-              f"min {out['ratio_min_ours_over_openclip']:.3f} ({c['steps']} alternating steps each)")
+    for name, r in out["ratios"].items():
+        print(f"step time {name}: median {r['median']:.3f}, min {r['min']:.3f} ({c['steps']} alternating steps each)")
     if out["skipped"]:
         print(out["skipped"])
     print(f"memory: {out['memory_method']}")
