@@ -35,6 +35,7 @@ from dataclasses import asdict
 
 import torch
 
+from cli import MissingFileError, UsageError
 from model import DualEncoder, ModelConfig, SentencePieceTokenizer, tokenizer_from_state_dict
 
 # -----------------------------------------------------------------------------
@@ -52,7 +53,7 @@ def _safetensors():
 def read_tensor_file(path):
     """one weights file -> flat {name: tensor}; clear errors for truncated or foreign files"""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"weights file not found: {path}")
+        raise MissingFileError(f"weights file not found: {path}")
     try:
         if path.endswith(".safetensors"):
             sd = _safetensors().load_file(path)
@@ -61,11 +62,11 @@ def read_tensor_file(path):
     except ImportError:
         raise
     except Exception as e:
-        raise ValueError(f"cannot read weights from {path} (truncated, corrupt or not a state dict): {e}") from e
+        raise UsageError(f"cannot read weights from {path} (truncated, corrupt or not a state dict): {e}") from e
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]  # an OpenCLIP training checkpoint rather than a bare state dict
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise ValueError(f"{path} does not hold a flat state dict of tensors")
+        raise UsageError(f"{path} does not hold a flat state dict of tensors")
     if sd and all(k.startswith("module.") for k in sd):
         sd = {k[len("module."):]: v for k, v in sd.items()}  # saved from a DDP-wrapped model
     return sd
@@ -85,7 +86,7 @@ def read_hf_weights(directory):
             for shard in shards:
                 sd.update(read_tensor_file(os.path.join(directory, shard)))
             return sd
-    raise FileNotFoundError(f"no model.safetensors, pytorch_model.bin or shard index in {directory}")
+    raise MissingFileError(f"no model.safetensors, pytorch_model.bin or shard index in {directory}")
 
 # -----------------------------------------------------------------------------
 # HF transformers layout (SiglipModel)
@@ -105,7 +106,7 @@ HF_ACT_NAMES = {"gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh"}  # and back
 def _square(value, what):
     if isinstance(value, (list, tuple)):
         if len(set(value)) != 1:
-            raise ValueError(f"non-square {what} {value} is not supported")
+            raise UsageError(f"non-square {what} {value} is not supported")
         value = value[0]
     return int(value)
 
@@ -113,7 +114,7 @@ def _square(value, what):
 def model_config_from_hf(hf):
     """HF SiglipConfig (the dict of config.json) -> ModelConfig; only what our model can express"""
     if hf.get("model_type") != "siglip":
-        raise ValueError(f"expected an HF SiglipModel config (model_type 'siglip'), got {hf.get('model_type')!r}")
+        raise UsageError(f"expected an HF SiglipModel config (model_type 'siglip'), got {hf.get('model_type')!r}")
     t = {**HF_TEXT_DEFAULTS, **{k: v for k, v in (hf.get("text_config") or {}).items() if v is not None}}
     v = {**HF_VISION_DEFAULTS, **{k: v for k, v in (hf.get("vision_config") or {}).items() if v is not None}}
     # one mlp_ratio, eps and activation serve both towers here
@@ -134,7 +135,7 @@ def model_config_from_hf(hf):
     if projection != v["hidden_size"]:
         problems.append(f"text projection {projection} != vision width {v['hidden_size']}")
     if problems:
-        raise ValueError("this SigLIP config does not fit model.py: " + "; ".join(problems))
+        raise UsageError("this SigLIP config does not fit model.py: " + "; ".join(problems))
     return ModelConfig(
         image_size=_square(v["image_size"], "image size"), patch_size=_square(v["patch_size"], "patch size"),
         width=v["hidden_size"], depth=v["num_hidden_layers"], heads=v["num_attention_heads"],
@@ -231,7 +232,7 @@ def from_hf(hf_sd, cfg):
     out["logit_scale"] = take("logit_scale").reshape(())
     out["logit_bias"] = take("logit_bias").reshape(())
     if left:
-        raise ValueError(f"{len(left)} HF tensors have no place in model.py, e.g. {sorted(left)[:3]}")
+        raise UsageError(f"{len(left)} HF tensors have no place in model.py, e.g. {sorted(left)[:3]}")
     return {k: v.contiguous() for k, v in out.items()}
 
 # -----------------------------------------------------------------------------
@@ -271,7 +272,7 @@ def from_openclip(oc_sd, cfg):
             raise KeyError(f"OpenCLIP state dict lacks {name!r}: not a SigLIP model with a MAP head of this size")
         out[key] = left.pop(name)
     if left:
-        raise ValueError(f"{len(left)} OpenCLIP tensors have no place in model.py, e.g. {sorted(left)[:3]}")
+        raise UsageError(f"{len(left)} OpenCLIP tensors have no place in model.py, e.g. {sorted(left)[:3]}")
     return out
 
 
@@ -282,21 +283,21 @@ def model_config_from_openclip(sd, heads=0, text_heads=0, image_size=0):
             "text.positional_embedding", "text.token_embedding.weight", "text.text_projection.weight"]
     missing = [k for k in need if k not in sd]
     if missing:
-        raise ValueError(f"not an OpenCLIP SigLIP state dict: missing {missing}")
+        raise UsageError(f"not an OpenCLIP SigLIP state dict: missing {missing}")
     _, T, width = sd["visual.trunk.pos_embed"].shape
     patch = sd["visual.trunk.patch_embed.proj.weight"].shape[-1]
     grid = math.isqrt(T)
     if grid * grid != T:
-        raise ValueError(f"{T} position embeddings do not form a square grid (a class token?)")
+        raise UsageError(f"{T} position embeddings do not form a square grid (a class token?)")
     context, text_width = sd["text.positional_embedding"].shape
     depth = len({m.group(1) for k in sd for m in [re.match(r"visual\.trunk\.blocks\.(\d+)\.", k)] if m})
     text_depth = len({m.group(1) for k in sd for m in [re.match(r"text\.transformer\.resblocks\.(\d+)\.", k)] if m})
     if image_size and image_size // patch != grid:
-        raise ValueError(f"--image_size={image_size} does not give the weights' {grid} x {grid} patch grid")
+        raise UsageError(f"--image_size={image_size} does not give the weights' {grid} x {grid} patch grid")
     heads = heads or SIGLIP_HEADS.get(width)
     text_heads = text_heads or SIGLIP_HEADS.get(text_width)
     if not heads or not text_heads:
-        raise ValueError(f"cannot tell the head counts of widths {width}/{text_width} from the weights: "
+        raise UsageError(f"cannot tell the head counts of widths {width}/{text_width} from the weights: "
                          f"pass --heads= and --text_heads=")
     return ModelConfig(
         image_size=image_size or grid * patch, patch_size=patch, width=width, depth=depth, heads=heads,
@@ -319,14 +320,14 @@ def _check_shapes(sd, cfg, source):
     want = _our_shapes(cfg)
     bad = [f"{k}: {tuple(sd[k].shape)} != {tuple(s)}" for k, s in want.items() if sd[k].shape != s]
     if bad:
-        raise ValueError(f"{source}: tensor shapes disagree with its config ({len(bad)}), e.g. {bad[:3]}")
+        raise UsageError(f"{source}: tensor shapes disagree with its config ({len(bad)}), e.g. {bad[:3]}")
 
 
 def load_foreign(src, fmt, heads=0, text_heads=0, image_size=0):
     """a foreign checkpoint -> (our state dict in float32, ModelConfig)"""
     if fmt == "hf":
         if not os.path.isdir(src):
-            raise ValueError(f"--format=hf expects a model directory (config.json + weights), got {src}")
+            raise UsageError(f"--format=hf expects a model directory (config.json + weights), got {src}")
         with open(os.path.join(src, "config.json")) as f:
             cfg = model_config_from_hf(json.load(f))
         sd = from_hf(read_hf_weights(src), cfg)
@@ -336,13 +337,13 @@ def load_foreign(src, fmt, heads=0, text_heads=0, image_size=0):
             names = ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
             found = [os.path.join(src, n) for n in names if os.path.isfile(os.path.join(src, n))]
             if not found:
-                raise FileNotFoundError(f"no {' or '.join(names)} in {src}")
+                raise MissingFileError(f"no {' or '.join(names)} in {src}")
             path = found[0]
         oc = read_tensor_file(path)
         cfg = model_config_from_openclip(oc, heads, text_heads, image_size)
         sd = from_openclip(oc, cfg)
     else:
-        raise ValueError(f"--format={fmt}: expected hf or openclip")
+        raise UsageError(f"--format={fmt}: expected hf or openclip")
     _check_shapes(sd, cfg, src)
     return {k: v.float() for k, v in sd.items()}, cfg  # fp32 master weights, whatever the file's dtype
 
@@ -353,7 +354,7 @@ def find_tokenizer(src, tokenizer):
     directory = src if os.path.isdir(src) else os.path.dirname(os.path.abspath(src))
     if os.path.isfile(os.path.join(directory, "spiece.model")):
         return os.path.join(directory, "spiece.model")
-    raise FileNotFoundError(f"no spiece.model beside {src}: pass --tokenizer=PATH/spiece.model "
+    raise MissingFileError(f"no spiece.model beside {src}: pass --tokenizer=PATH/spiece.model "
                             f"(SigLIP's SentencePiece model, e.g. from google/siglip-base-patch16-224)")
 
 
@@ -363,7 +364,7 @@ def import_checkpoint(src, fmt, out, tokenizer="", heads=0, text_heads=0, image_
     sd, cfg = load_foreign(src, fmt, heads, text_heads, image_size)
     tok = SentencePieceTokenizer.from_file(find_tokenizer(src, tokenizer), cfg.context_length)
     if tok.vocab_size != cfg.vocab_size:
-        raise ValueError(f"tokenizer has {tok.vocab_size} pieces but the model's vocabulary is {cfg.vocab_size}")
+        raise UsageError(f"tokenizer has {tok.vocab_size} pieces but the model's vocabulary is {cfg.vocab_size}")
     model = DualEncoder(cfg)
     model.load_state_dict(sd)  # strict: every parameter comes from the file
     save_checkpoint(out, model, None, Config(), tok, 0,
@@ -380,14 +381,14 @@ def export_checkpoint(ckpt_path, fmt, out_dir):
     os.makedirs(out_dir, exist_ok=True)
     if fmt == "hf":
         if cfg.embed_dim != cfg.width:
-            raise ValueError("HF SigLIP has no image projection: embed_dim must equal width")
+            raise UsageError("HF SigLIP has no image projection: embed_dim must equal width")
         with open(os.path.join(out_dir, "config.json"), "w") as f:
             json.dump(hf_config_from_model_config(cfg), f, indent=2)
         _safetensors().save_file(to_hf(sd, cfg), os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
     elif fmt == "openclip":
         _safetensors().save_file(to_openclip(sd), os.path.join(out_dir, "open_clip_model.safetensors"))
     else:
-        raise ValueError(f"--format={fmt}: expected hf or openclip")
+        raise UsageError(f"--format={fmt}: expected hf or openclip")
     tok = tokenizer_from_state_dict(ckpt["tokenizer"])
     if isinstance(tok, SentencePieceTokenizer):  # with it the directory loads in SiglipTokenizer too
         with open(os.path.join(out_dir, "spiece.model"), "wb") as f:
