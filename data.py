@@ -373,7 +373,8 @@ class Collate:
         self.tokenizer = tokenizer
 
     def __call__(self, items):
-        skipped = [{"index": it["index"], "reason": it["skip"]} for it in items if "skip" in it]
+        # what an unreadable item says about itself (index; shard and key for shards), then why
+        skipped = [{**{k: v for k, v in it.items() if k != "skip"}, "reason": it["skip"]} for it in items if "skip" in it]
         items = [it for it in items if "skip" not in it]
         captions = [it["caption"] for it in items]
         if not items:  # every image of this rank's batch was unreadable

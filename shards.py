@@ -217,12 +217,14 @@ class ShardIndex:
 
     .shards (paths), .shard (n,) shard number, .start / .end (n,) byte ranges, .keys, .captions, .image_ids,
     .problems: [{"shard", "key", "reason", "samples"}] for what the index left out ("samples": how many
-    records a problem stands for, the mean shard size for a missing shard).
+    records a problem stands for, the mean shard size for a missing shard), .annotations: per-sample lists
+    that training adds to each item (concepts, negatives).
     """
 
-    def __init__(self, shards, shard, start, end, keys, captions, image_ids, problems):
+    def __init__(self, shards, shard, start, end, keys, captions, image_ids, problems, annotations=None):
         self.shards, self.shard, self.start, self.end = shards, shard, start, end
         self.keys, self.captions, self.image_ids, self.problems = keys, captions, image_ids, problems
+        self.annotations = annotations or {}
 
     def __len__(self):
         return len(self.keys)
@@ -232,7 +234,16 @@ class ShardIndex:
         ids = np.asarray(ids, dtype=np.int64)
         pick = lambda xs: [xs[i] for i in ids]
         return ShardIndex(self.shards, self.shard[ids], self.start[ids], self.end[ids], pick(self.keys),
-                          pick(self.captions), pick(self.image_ids), self.problems)
+                          pick(self.captions), pick(self.image_ids), self.problems,
+                          {name: pick(values) for name, values in self.annotations.items()})
+
+    def annotate(self, **annotations):
+        """a copy whose items carry these per-sample lists (aligned with the samples)"""
+        for name, values in annotations.items():
+            if len(values) != len(self):
+                raise ValueError(f"{name}: {len(values)} records for {len(self)} samples")
+        return ShardIndex(self.shards, self.shard, self.start, self.end, self.keys, self.captions, self.image_ids,
+                          self.problems, {**self.annotations, **annotations})
 
     def where(self, i):
         return f"{self.shards[self.shard[i]]}: {self.keys[i]}"
@@ -388,13 +399,13 @@ def read_sample(path, start, end):
 class ShardStream(torch.utils.data.IterableDataset):
     """endless steps of one rank from start_step on: each element is the list of items of one step (the
     DataLoader's collate_fn makes the batch). Items are {"image", "caption", "index", "key"} plus the
-    per-sample annotations; an unreadable sample is {"skip": reason, "index", "shard", "key"}
-    (on_error="skip") or raises BadRecord naming shard and key (on_error="error")."""
+    per-sample annotations; an unreadable sample is {"skip": reason, "index", "shard", "key"}, which the
+    training loop counts, or turns into an error in its own process under --bad_data=error (an exception
+    raised in a worker would arrive wrapped in a worker traceback)."""
 
-    def __init__(self, index, plan, rank, image_size, seed=0, on_error="skip", annotations=None, draft=True):
+    def __init__(self, index, plan, rank, image_size, seed=0, draft=True):
         self.index, self.plan, self.rank, self.image_size = index, plan, rank, image_size
-        self.seed, self.on_error, self.draft = seed, on_error, draft
-        self.annotations = annotations or {}
+        self.seed, self.draft = seed, draft
         self.start_step = 0
 
     def item(self, i, epoch):
@@ -415,11 +426,9 @@ class ShardStream(torch.utils.data.IterableDataset):
             except Exception as e:  # Pillow raises several kinds for a corrupt file
                 raise OSError(f"corrupt image ({type(e).__name__}: {e})") from None
         except OSError as e:
-            if self.on_error == "error":
-                raise BadRecord(f"{shard}: {key}: {e}") from None
-            return {"skip": f"{shard}: {key}: {e}", "index": i, "shard": shard, "key": key}
+            return {"skip": str(e), "index": i, "shard": shard, "key": key}
         out = {"image": image, "caption": self.index.captions[i], "index": i, "key": key}
-        out.update({name: values[i] for name, values in self.annotations.items()})
+        out.update({name: values[i] for name, values in self.index.annotations.items()})
         return out
 
     def __iter__(self):
