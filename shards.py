@@ -49,6 +49,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from cli import UsageError
 from data import BadRecord, to_tensor
 
 INDEX_FORMAT = "c2lip-shard-index/1"
@@ -70,7 +71,7 @@ def shard_paths(spec):
         paths = sorted(os.path.join(spec, f) for f in os.listdir(spec) if f.endswith(".tar"))
     elif spec.endswith(".txt"):
         if not os.path.isfile(spec):
-            raise ValueError(f"--data={spec}: shard list not found")
+            raise UsageError(f"--data={spec}: shard list not found")
         root = os.path.dirname(os.path.abspath(spec))
         with open(spec, encoding="utf-8") as f:
             lines = [l.strip() for l in f if l.strip() and not l.lstrip().startswith("#")]
@@ -78,7 +79,7 @@ def shard_paths(spec):
     else:
         paths = _expand(spec)
     if not paths:
-        raise ValueError(f"--data={spec}: no .tar shards found")
+        raise UsageError(f"--data={spec}: no .tar shards found; name a folder of .tar files, a pattern or a list")
     return paths
 
 
@@ -277,7 +278,8 @@ def load_index(spec, caption_key="caption", fallback_dir=".", workers=1, on_erro
         p = problems[0]
         raise BadRecord(f"{p['shard']}: {p['key']}: {p['reason']}" if p["key"] else f"{p['shard']}: {p['reason']}")
     if not keys:
-        raise ValueError(f"--data={spec}: no usable samples in {len(paths)} shard(s) ({len(problems)} problems)")
+        first = f" (first: {problems[0]['shard']}: {problems[0]['reason']})" if problems else ""
+        raise UsageError(f"--data={spec}: no usable samples in {len(paths)} shard(s){first}; check the paths")
     return ShardIndex(paths, np.array(shard, dtype=np.int64), np.array(start, dtype=np.int64),
                       np.array(end, dtype=np.int64), keys, captions, image_ids, problems)
 
@@ -309,9 +311,9 @@ class Plan:
 
     def __init__(self, index, batch_size, world=1, seed=0, window=1024, resampled=False, samples_per_epoch=0):
         if batch_size % world:
-            raise ValueError(f"batch_size {batch_size} is not divisible by the world size {world}")
+            raise UsageError(f"batch_size {batch_size} is not divisible by the world size {world}")
         if resampled and samples_per_epoch <= 0:
-            raise ValueError("--resampled needs --samples_per_epoch (the samples one epoch draws)")
+            raise UsageError("--resampled needs --samples_per_epoch (the samples one epoch draws)")
         self.local = batch_size // world
         self.world, self.seed, self.resampled, self.samples_per_epoch = world, seed, resampled, samples_per_epoch
         self.steps = steps_per_epoch(len(index), batch_size, samples_per_epoch if resampled else 0)
