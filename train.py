@@ -435,6 +435,8 @@ def check_config(cfg, world):
             raise MissingFileError(f"--{name}={path}: no such file")
     if cfg.resampled and cfg.samples_per_epoch <= 0:
         raise UsageError("--resampled draws shards with replacement and needs --samples_per_epoch (e.g. the data's size)")
+    if cfg.samples_per_epoch and not cfg.resampled:
+        raise UsageError("--samples_per_epoch sets the length of a --resampled epoch; add --resampled or drop it")
     if cfg.resume and cfg.overwrite:
         raise UsageError("--resume and --overwrite contradict each other; pick one")
 
