@@ -166,6 +166,8 @@ def scan_shard(path, caption_key="caption"):
                 group[2] = m.offset_data + 512 * math.ceil(m.size / 512)
                 ext = ext.lower()
                 group[3][ext] = tar.extractfile(m).read() if ext in ("txt", "json") else None
+            if tar.offset + 1024 > size:  # a tar ends with two zero blocks; a file cut between members has none
+                raise tarfile.ReadError("no end-of-archive blocks")
     except (tarfile.TarError, EOFError, OSError) as e:
         # a truncated shard: the sample being read is lost, the complete ones before it are kept
         problems.append({"key": group[0] if group else None, "reason": f"truncated shard ({e})"})
@@ -370,7 +372,8 @@ def decode(blob, size, train=False, rng=None, draft=True):
         if draft and im.format == "JPEG":
             cw, ch = box[2] - box[0], box[3] - box[1]
             im.draft("RGB", (math.ceil(w * size / cw), math.ceil(h * size / ch)))
-        im = im.convert("RGB")  # a no-op copy-free path for RGB JPEGs; grey, CMYK and palette images need it
+        if im.mode != "RGB":  # grey, CMYK, palette; convert would copy an RGB image for nothing
+            im = im.convert("RGB")
         sx, sy = im.size[0] / w, im.size[1] / h
         out = im.resize((size, size), Image.BICUBIC, box=(box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy))
     return to_tensor(np.array(out))

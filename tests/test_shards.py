@@ -238,6 +238,16 @@ def make_dirty_shards(root):
     return listing
 
 
+def test_shard_cut_between_samples_is_truncated(tmp_path):
+    path = str(tmp_path / "a.tar")
+    write_tar(path, [sample(n) for n in range(4)])
+    blob = open(path, "rb").read()
+    open(path, "wb").write(blob[:3 * 3584])  # exactly after the third sample: tarfile alone sees a shorter tar
+    scan = shards.scan_shard(path)
+    assert [s[0] for s in scan["samples"]] == ["000000", "000001"]  # the last one may be incomplete: dropped
+    assert scan["problems"] == [{"key": "000002", "reason": "truncated shard (no end-of-archive blocks)"}]
+
+
 def small(tmp_path, **kw):
     base = dict(out_dir=str(tmp_path / "run"), batch_size=8, steps=8, warmup=2, log_every=1, ckpt_every=100,
                 eval=False)
