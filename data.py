@@ -510,7 +510,6 @@ def export_world(root, n_scenes=1000, seed=0, image_size=32):
     return root
 
 
-
 def export_world_shards(root, n_scenes=40000, seed=0, image_size=32, shard_size=1000, min_objects=2, max_objects=3):
     """Write the training world as WebDataset shards, the layout img2dataset writes, so that training from
     shards can be run end to end on the built-in scenes (`python train.py --data=<root>`):

@@ -49,7 +49,7 @@ class Config:
     overwrite: bool = False          # replace the run already in out_dir (otherwise starting there is refused)
     init: str = ""                   # start from this checkpoint's weights (fresh optimizer and step count)
     # data
-    data: str = "world"              # "world" (built in), a JSONL/CSV file, or WebDataset shards: a brace pattern, a folder or a .txt list of .tar files
+    data: str = "world"              # "world" (built in), a JSONL/CSV file, or WebDataset shards (brace pattern, folder, .txt list)
     image_key: str = "image"         # field names in a JSONL/CSV file
     caption_key: str = "caption"     # shards: "caption" reads {key}.txt, another name that field of {key}.json
     resampled: bool = False          # shards: each epoch draws shards with replacement (the C2LIP recipe)
