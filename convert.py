@@ -349,6 +349,7 @@ def check_openclip_config(oc_cfg, source):
     require(source, "quick_gelu", oc_cfg.get("quick_gelu", False), [False])
     require(source, "text_cfg.pool_type", t.get("pool_type"), ["last"])
     require(source, "text_cfg.no_causal_mask", t.get("no_causal_mask"), [True])
+    require(source, "text_cfg.proj_type (text projection)", t.get("proj_type", "linear"), ["linear"])
     require(source, "text_cfg.proj_bias", t.get("proj_bias"), [True])
     require(source, "text_cfg.embed_cls", t.get("embed_cls", False), [False])
     require(source, "text_cfg.norm_kwargs.eps", (t.get("norm_kwargs") or {}).get("eps"), [1e-6])
@@ -431,15 +432,23 @@ HF_TOKENIZER_ARCH = {"SiglipTokenizer": "siglip", "SiglipTokenizerFast": "siglip
                      "GemmaTokenizerFast": "siglip2", "Siglip2Tokenizer": "siglip2"}
 
 
+def check_source(src, fmt):
+    if fmt not in ("hf", "openclip"):
+        raise Unsupported(f"--format={fmt}: expected hf or openclip")
+    if fmt == "hf" and not os.path.isdir(src):
+        raise Unsupported(f"--format=hf expects a model directory (config.json + weights), got {src}")
+    if not os.path.exists(src):
+        raise FileNotFoundError(f"--src={src} does not exist")
+
+
 def load_foreign(src, fmt, heads=0, text_heads=0, image_size=0, evidence=()):
     """a foreign checkpoint -> (our state dict in float32, ModelConfig, arch, text cleaning of a Gemma tokenizer)
 
     evidence: [(where, arch)] from outside the files (the tokenizer, --arch); the files add theirs
     """
     evidence = list(evidence)
+    check_source(src, fmt)
     if fmt == "hf":
-        if not os.path.isdir(src):
-            raise Unsupported(f"--format=hf expects a model directory (config.json + weights), got {src}")
         hf = _read_json(os.path.join(src, "config.json"))
         if hf is None:
             raise FileNotFoundError(f"no config.json in {src}")
@@ -503,6 +512,7 @@ def import_checkpoint(src, fmt, out, tokenizer="", heads=0, text_heads=0, image_
     from train import Config, save_checkpoint  # here, so the mapping functions above import without train's deps
     if arch and arch not in ARCHS:
         raise Unsupported(f"--arch={arch}: expected siglip or siglip2")
+    check_source(src, fmt)
     tok_path = find_tokenizer(src, tokenizer)
     try:
         with open(tok_path, "rb") as f:
