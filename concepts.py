@@ -39,6 +39,8 @@ from multiprocessing import Pool
 import nltk
 from textblob.en.inflect import pluralize, singularize
 
+from cli import UsageError
+
 # -----------------------------------------------------------------------------
 # tokenizing and tagging
 
@@ -579,9 +581,9 @@ def read_records(path, caption_key="caption"):
                 try:
                     row = json.loads(row)
                 except json.JSONDecodeError as err:
-                    raise ValueError(f"{path}:{n}: bad JSON line ({err})") from None
+                    raise UsageError(f"{path}:{n}: bad JSON line ({err})") from None
             if not isinstance(row, dict) or not isinstance(row.get(caption_key), str):
-                raise ValueError(f"{path}:{n}: no string under key {caption_key!r}")
+                raise UsageError(f"{path}:{n}: no string under key {caption_key!r}")
             records.append(row)
     return records
 
@@ -610,20 +612,20 @@ def load_concept_cache(path, captions):
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{n}: bad JSON line ({err})") from None
+                raise UsageError(f"{path}:{n}: bad JSON line ({err})") from None
             i = n - 1
             if i >= len(captions):
-                raise ValueError(f"{path}:{n}: more records than the {len(captions)} captions of the data")
+                raise UsageError(f"{path}:{n}: more records than the {len(captions)} captions of the data")
             if not isinstance(rec, dict) or rec.get("i") != i:
-                raise ValueError(f"{path}:{n}: expected a record with \"i\": {i}")
+                raise UsageError(f"{path}:{n}: expected a record with \"i\": {i}")
             if rec.get("caption") != captions[i]:
-                raise ValueError(f"{path}:{n}: cached caption {rec.get('caption')!r} != data caption {captions[i]!r}")
+                raise UsageError(f"{path}:{n}: cached caption {rec.get('caption')!r} != data caption {captions[i]!r}")
             cs = rec.get("concepts")
             if not isinstance(cs, list) or not cs or not all(isinstance(c, str) for c in cs):
-                raise ValueError(f"{path}:{n}: \"concepts\" must be a non-empty list of strings")
+                raise UsageError(f"{path}:{n}: \"concepts\" must be a non-empty list of strings")
             out.append(cs)
     if len(out) != len(captions):
-        raise ValueError(f"{path}: {len(out)} records but the data has {len(captions)} captions")
+        raise UsageError(f"{path}: {len(out)} records but the data has {len(captions)} captions")
     return out
 
 
@@ -644,25 +646,25 @@ def load_negatives(path, captions=None, k=4):
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: bad JSON ({err})") from None
+        raise UsageError(f"{path}: bad JSON ({err})") from None
     if not isinstance(data, list):
-        raise ValueError(f"{path}: expected a JSON list of records")
+        raise UsageError(f"{path}: expected a JSON list of records")
     if captions is not None and len(data) != len(captions):
-        raise ValueError(f"{path}: {len(data)} records but {len(captions)} captions given")
+        raise UsageError(f"{path}: {len(data)} records but {len(captions)} captions given")
     out = []
     for r, rec in enumerate(data):
         if not isinstance(rec, dict):
-            raise ValueError(f"{path}: record {r} is not an object")
+            raise UsageError(f"{path}: record {r} is not an object")
         missing = [key for key in ("image_id", "original", "enhanced") if key not in rec]
         if missing:
-            raise ValueError(f"{path}: record {r} lacks {', '.join(missing)}")
+            raise UsageError(f"{path}: record {r} lacks {', '.join(missing)}")
         neg = rec["enhanced"]
         if not isinstance(neg, list) or not all(isinstance(s, str) for s in neg):
-            raise ValueError(f"{path}: record {r}: \"enhanced\" must be a list of strings")
+            raise UsageError(f"{path}: record {r}: \"enhanced\" must be a list of strings")
         if len(neg) < k:
-            raise ValueError(f"{path}: record {r} has {len(neg)} negatives, fewer than k={k}")
+            raise UsageError(f"{path}: record {r} has {len(neg)} negatives, fewer than k={k}")
         if captions is not None and rec["original"] != captions[r]:
-            raise ValueError(f"{path}: record {r}: original {rec['original']!r} != caption {captions[r]!r}")
+            raise UsageError(f"{path}: record {r}: original {rec['original']!r} != caption {captions[r]!r}")
         out.append(neg[:k])
     return out
 

@@ -51,11 +51,12 @@ from dataclasses import asdict
 
 import torch
 
+from cli import MissingFileError, UsageError
 from model import (DualEncoder, GemmaTokenizer, ModelConfig, SentencePieceTokenizer, preset_name,
                    tokenizer_from_state_dict)
 
 
-class Unsupported(ValueError):
+class Unsupported(UsageError):
     """a source checkpoint model.py cannot represent, or contradicting signals about what it is (one line)"""
 
 
@@ -109,7 +110,7 @@ def _safetensors():
 def read_tensor_file(path):
     """one weights file -> flat {name: tensor}; clear errors for truncated or foreign files"""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"weights file not found: {path}")
+        raise MissingFileError(f"weights file not found: {path}")
     try:
         if path.endswith(".safetensors"):
             sd = _safetensors().load_file(path)
@@ -118,11 +119,11 @@ def read_tensor_file(path):
     except ImportError:
         raise
     except Exception as e:
-        raise ValueError(f"cannot read weights from {path} (truncated, corrupt or not a state dict): {e}") from e
+        raise UsageError(f"cannot read weights from {path} (truncated, corrupt or not a state dict): {e}") from e
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]  # an OpenCLIP training checkpoint rather than a bare state dict
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise ValueError(f"{path} does not hold a flat state dict of tensors")
+        raise UsageError(f"{path} does not hold a flat state dict of tensors")
     if sd and all(k.startswith("module.") for k in sd):
         sd = {k[len("module."):]: v for k, v in sd.items()}  # saved from a DDP-wrapped model
     return sd
@@ -142,7 +143,7 @@ def read_hf_weights(directory):
             for shard in shards:
                 sd.update(read_tensor_file(os.path.join(directory, shard)))
             return sd
-    raise FileNotFoundError(f"no model.safetensors, pytorch_model.bin or shard index in {directory}")
+    raise MissingFileError(f"no model.safetensors, pytorch_model.bin or shard index in {directory}")
 
 # -----------------------------------------------------------------------------
 # HF transformers layout (SiglipModel)
@@ -438,7 +439,7 @@ def check_source(src, fmt):
     if fmt == "hf" and not os.path.isdir(src):
         raise Unsupported(f"--format=hf expects a model directory (config.json + weights), got {src}")
     if not os.path.exists(src):
-        raise FileNotFoundError(f"--src={src} does not exist")
+        raise MissingFileError(f"--src={src} does not exist")
 
 
 def load_foreign(src, fmt, heads=0, text_heads=0, image_size=0, evidence=()):
@@ -451,7 +452,7 @@ def load_foreign(src, fmt, heads=0, text_heads=0, image_size=0, evidence=()):
     if fmt == "hf":
         hf = _read_json(os.path.join(src, "config.json"))
         if hf is None:
-            raise FileNotFoundError(f"no config.json in {src}")
+            raise MissingFileError(f"no config.json in {src}")
         cfg = model_config_from_hf(hf, os.path.join(src, "config.json"))
         tok_cfg = _read_json(os.path.join(src, "tokenizer_config.json")) or {}
         evidence.append(("tokenizer_config.json's tokenizer_class", HF_TOKENIZER_ARCH.get(tok_cfg.get("tokenizer_class"))))
@@ -464,7 +465,7 @@ def load_foreign(src, fmt, heads=0, text_heads=0, image_size=0, evidence=()):
             names = ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
             found = [os.path.join(src, n) for n in names if os.path.isfile(os.path.join(src, n))]
             if not found:
-                raise FileNotFoundError(f"no {' or '.join(names)} in {src}")
+                raise MissingFileError(f"no {' or '.join(names)} in {src}")
             path = found[0]
         cfg_path = os.path.join(os.path.dirname(os.path.abspath(path)), "open_clip_config.json")
         oc_cfg = (_read_json(cfg_path) or {}).get("model_cfg")
@@ -498,7 +499,7 @@ def find_tokenizer(src, tokenizer):
     for name in TOKENIZER_FILES:
         if os.path.isfile(os.path.join(directory, name)):
             return os.path.join(directory, name)
-    raise FileNotFoundError(f"no {', '.join(TOKENIZER_FILES)} beside {src}: pass --tokenizer=PATH (SigLIP's "
+    raise MissingFileError(f"no {', '.join(TOKENIZER_FILES)} beside {src}: pass --tokenizer=PATH (SigLIP's "
                             f"spiece.model or SigLIP 2's Gemma tokenizer.model, from the model's HF folder)")
 
 
@@ -509,7 +510,8 @@ def model_label(cfg, arch):
 
 def import_checkpoint(src, fmt, out, tokenizer="", heads=0, text_heads=0, image_size=0, arch=""):
     """foreign weights + tokenizer -> a project checkpoint at out; returns (model, tokenizer)"""
-    from train import Config, save_checkpoint  # here, so the mapping functions above import without train's deps
+    from checkpoint import save_checkpoint
+    from train import Config  # here, so the mapping functions above import without train's deps
     if arch and arch not in ARCHS:
         raise Unsupported(f"--arch={arch}: expected siglip or siglip2")
     check_source(src, fmt)
@@ -519,7 +521,7 @@ def import_checkpoint(src, fmt, out, tokenizer="", heads=0, text_heads=0, image_
             proto = f.read()
         tok_arch = tokenizer_arch(proto)
     except OSError as e:
-        raise FileNotFoundError(f"cannot read tokenizer {tok_path}: {e}") from None
+        raise MissingFileError(f"cannot read tokenizer {tok_path}: {e}") from None
     except Unsupported:
         raise
     except Exception as e:
@@ -581,7 +583,7 @@ def write_tokenizer(tok, out_dir, fmt):
 
 def export_checkpoint(ckpt_path, fmt, out_dir):
     """a project checkpoint -> out_dir in the HF (config.json + model.safetensors) or OpenCLIP layout"""
-    from train import load_checkpoint
+    from checkpoint import load_checkpoint
     ckpt = load_checkpoint(ckpt_path)
     cfg = ModelConfig(**ckpt["model_config"])
     sd = {k: v.detach().cpu() for k, v in ckpt["model"].items()}

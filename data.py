@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from cli import MissingFileError, UsageError
+
 # -----------------------------------------------------------------------------
 # the built-in world
 
@@ -211,7 +213,7 @@ class WorldDataset(torch.utils.data.Dataset):
         return {"image": to_tensor(self.images[i]), "caption": self.captions[i], "index": i}
 
 
-class BadRecord(ValueError):
+class BadRecord(UsageError):
     """a record that cannot be used; the message names the file and line"""
 
 
@@ -235,7 +237,7 @@ def read_records(path, image_key="image", caption_key="caption", on_error="error
     if on_error not in ("error", "skip"):
         raise ValueError(f"on_error must be 'error' or 'skip', got {on_error!r}")
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"data file not found: {path}")
+        raise MissingFileError(f"data file not found: {path}")
     raw = []  # (line, image, caption) or (line, exception)
     # undecodable bytes become surrogate escapes, so one bad line does not hide the rest of the file
     with open(path, newline="" if path.endswith(".csv") else None, encoding="utf-8", errors="surrogateescape") as f:
@@ -243,7 +245,7 @@ def read_records(path, image_key="image", caption_key="caption", on_error="error
             reader = csv.DictReader(f)
             for key in (image_key, caption_key):
                 if reader.fieldnames is None or key not in reader.fieldnames:
-                    raise ValueError(f"{path}: CSV header {reader.fieldnames} has no column {key!r}")
+                    raise UsageError(f"{path}: CSV header {reader.fieldnames} has no column {key!r}")
             for row in reader:
                 if None in row or any(v is None for v in row.values()):
                     raw.append((reader.line_num, BadRecord(f"{path}:{reader.line_num}: wrong number of CSV fields")))
@@ -280,7 +282,7 @@ def read_records(path, image_key="image", caption_key="caption", on_error="error
                 raise
             problems.append({"file": path, "line": line_num, "reason": str(e)})
     if not records:
-        raise ValueError(f"{path}: no usable records ({len(problems)} bad)")
+        raise UsageError(f"{path}: no usable records ({len(problems)} bad)")
     return records, problems
 
 
@@ -319,7 +321,7 @@ class Annotated(torch.utils.data.Dataset):
     def __init__(self, dataset, **annotations):
         for name, values in annotations.items():
             if len(values) != len(dataset):
-                raise ValueError(f"{name}: {len(values)} records for a dataset of {len(dataset)}")
+                raise UsageError(f"{name}: {len(values)} records for a dataset of {len(dataset)}")
         self.dataset, self.annotations = dataset, annotations
         self.captions = dataset.captions
 

@@ -37,7 +37,6 @@ name whose count is within 10% of the official one must match it exactly (smalle
 are taken as fixtures or subsets; --check-counts=0 turns the check off).
 """
 
-import argparse
 import itertools
 import json
 import math
@@ -45,11 +44,13 @@ import os
 import random
 import re
 import tempfile
+from dataclasses import dataclass
 
 import torch
 from tqdm import tqdm
 
 import data
+from cli import MissingFileError, UsageError
 from model import canonicalize
 
 # -----------------------------------------------------------------------------
@@ -134,17 +135,17 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".t
 
 def load_json(path):
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: file not found")
+        raise MissingFileError(f"{path}: file not found")
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from e
+        raise UsageError(f"{path}: not valid JSON ({e})") from e
 
 
 def load_jsonl(path):
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: file not found")
+        raise MissingFileError(f"{path}: file not found")
     out = []
     with open(path, encoding="utf-8") as f:
         for line_num, line in enumerate(f, 1):
@@ -152,7 +153,7 @@ def load_jsonl(path):
                 try:
                     out.append((f"line {line_num}", json.loads(line)))
                 except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}: line {line_num}: not valid JSON ({e})") from e
+                    raise UsageError(f"{path}: line {line_num}: not valid JSON ({e})") from e
     return out
 
 
@@ -163,10 +164,10 @@ def records_of(obj, path, shape):
     elif shape == "list" and isinstance(obj, list):
         items = [(f"index {i}", r) for i, r in enumerate(obj)]
     else:
-        raise ValueError(f"{path}: expected a JSON {shape} of records, got {type(obj).__name__}")
+        raise UsageError(f"{path}: expected a JSON {shape} of records, got {type(obj).__name__}")
     for key, rec in items:
         if not isinstance(rec, dict):
-            raise ValueError(f"{path}: record {key}: expected an object, got {type(rec).__name__}")
+            raise UsageError(f"{path}: record {key}: expected an object, got {type(rec).__name__}")
     return items
 
 
@@ -176,16 +177,16 @@ def field(rec, name, path, key, kind=str):
         raise KeyError(f"{path}: record {key}: missing field {name!r}")
     value = rec[name]
     if kind is str and (not isinstance(value, str) or not value.strip()):
-        raise ValueError(f"{path}: record {key}: field {name!r} must be a non-empty string, got {value!r}")
+        raise UsageError(f"{path}: record {key}: field {name!r} must be a non-empty string, got {value!r}")
     if kind is not str and (not isinstance(value, kind) or isinstance(value, bool)):
-        raise ValueError(f"{path}: record {key}: field {name!r} has type {type(value).__name__}")
+        raise UsageError(f"{path}: record {key}: field {name!r} has type {type(value).__name__}")
     return value
 
 
 def check_count(path, n, official, enabled=True, what="records"):
     """error only when the file looks like the full release (within 10% of the official count) but differs"""
     if enabled and official and 0.9 * official <= n <= 1.1 * official and n != official:
-        raise ValueError(f"{path}: {n} {what}, the official release has {official}; a damaged copy? "
+        raise UsageError(f"{path}: {n} {what}, the official release has {official}; a damaged copy? "
                          f"(--check-counts=0 scores it anyway)")
 
 
@@ -231,7 +232,7 @@ class Encoder:
         for path, box, where in refs:
             if (path, box) not in self.image_cache and (path, box) not in new:
                 if not os.path.isfile(path):
-                    raise FileNotFoundError(f"{where}: image not found: {path}")
+                    raise MissingFileError(f"{where}: image not found: {path}")
                 new[(path, box)] = (path, box, where)
         if new:
             loader = torch.utils.data.DataLoader(_ImageFiles(list(new.values()), self.image_size),
@@ -317,7 +318,7 @@ def eval_sugarcrepe(enc, folder, image_root, check_counts=True, prefix="sugar_cr
     """every <subset>.json in folder; groups and the overall mean over the official subsets present"""
     files = sorted(f for f in os.listdir(folder) if f.endswith(".json")) if os.path.isdir(folder) else []
     if not files:
-        raise FileNotFoundError(f"{folder}: no SugarCrepe .json files")
+        raise MissingFileError(f"{folder}: no SugarCrepe .json files")
     out, acc = [], {}
     for f in files:
         sub = f[:-5]
@@ -346,7 +347,7 @@ def eval_sugarcrepe_pp(enc, folder, image_root, check_counts=True):
     """ITT, TOT and the auxiliary I-P1-N, I-P2-N per subset; 5-subset means and replace / swap group means"""
     files = sorted(f for f in os.listdir(folder) if f.endswith(".json")) if os.path.isdir(folder) else []
     if not files:
-        raise FileNotFoundError(f"{folder}: no SugarCrepe++ .json files")
+        raise MissingFileError(f"{folder}: no SugarCrepe++ .json files")
     out, per = [], {}
     for f in files:
         path, sub = os.path.join(folder, f), f[:-5]
@@ -406,7 +407,7 @@ def score_vg(enc, path, image_root, kind, min_count=25, check_counts=True):
         else:
             a = field(r, "attributes", path, key, list)
             if len(a) != 2:
-                raise ValueError(f"{path}: record {key}: 'attributes' must hold 2 strings, got {a!r}")
+                raise UsageError(f"{path}: record {key}: 'attributes' must hold 2 strings, got {a!r}")
             groups.append(f"{a[0]}_{a[1]}")
     img = enc.images(refs, desc=f"vg-{kind}")[:, None]
     txt = enc.texts(texts, desc=f"vg-{kind}").view(len(records), 2, -1)  # positives first: [true, false]
@@ -486,7 +487,7 @@ def read_caption_list(path, image_root, max_captions=None):
         caps = r.get("caption")
         caps = [caps] if isinstance(caps, str) else caps
         if not isinstance(caps, list) or not caps or not all(isinstance(c, str) and c.strip() for c in caps):
-            raise ValueError(f"{path}: record {key}: field 'caption' must be a non-empty list of strings")
+            raise UsageError(f"{path}: record {key}: field 'caption' must be a non-empty list of strings")
         refs.append(ref(os.path.join(image_root, field(r, "image", path, key)), f"{path}: record {key}"))
         caps = caps[:max_captions] if max_captions else caps
         captions += caps
@@ -525,7 +526,7 @@ def eval_aro(enc, root, min_count=25, seed=1, check_counts=True):
             r, summary[name] = score_order(enc, path, os.path.join(root, image_dir), name, n_images, seed, check_counts)
             out.append(r)
     if not out:
-        raise FileNotFoundError(f"{root}: no ARO files (aro/visual_genome_*.json, retrieval/coco_karpathy_test.json, "
+        raise MissingFileError(f"{root}: no ARO files (aro/visual_genome_*.json, retrieval/coco_karpathy_test.json, "
                                 f"retrieval/flickr30k_test.json)")
     summary["avg"] = mean(summary.values())
     out.append(result("aro", "image_caption_selection_summary", summary, len(summary) - 1,
@@ -542,7 +543,7 @@ def eval_valse(enc, root, check_counts=True, image_roots=None):
     image_roots = {**{f: os.path.join(root, p[2]) for f, p in VALSE_PIECES.items()}, **(image_roots or {})}
     files = [f for f in VALSE_PIECES if os.path.isfile(os.path.join(folder, f + ".json"))]
     if not files:
-        raise FileNotFoundError(f"{folder}: none of the VALSE files ({', '.join(VALSE_PIECES)}.json)")
+        raise MissingFileError(f"{folder}: none of the VALSE files ({', '.join(VALSE_PIECES)}.json)")
     out, acc = [], {}
     for f in files:
         path = os.path.join(folder, f + ".json")
@@ -553,15 +554,15 @@ def eval_valse(enc, root, check_counts=True, image_roots=None):
         for key, r in records:
             mturk = field(r, "mturk", path, key, dict)
             if not isinstance(mturk.get("caption"), (int, float)):
-                raise ValueError(f"{path}: record {key}: mturk.caption must be a number, got {mturk.get('caption')!r}")
+                raise UsageError(f"{path}: record {key}: mturk.caption must be a number, got {mturk.get('caption')!r}")
             if mturk["caption"] < 2:  # annotators did not confirm the caption: not scored
                 continue
             refs.append(ref(os.path.join(image_roots[f], field(r, "image_file", path, key)), f"{path}: record {key}"))
             texts += [field(r, "caption", path, key), field(r, "foil", path, key)]
         if check_counts and len(records) == n_raw and len(refs) != n_valid:
-            raise ValueError(f"{path}: {len(refs)} records with mturk.caption >= 2, the official release has {n_valid}")
+            raise UsageError(f"{path}: {len(refs)} records with mturk.caption >= 2, the official release has {n_valid}")
         if not refs:
-            raise ValueError(f"{path}: no record has mturk.caption >= 2")
+            raise UsageError(f"{path}: no record has mturk.caption >= 2")
         text_ok, _ = selection(enc.images(refs, desc=f)[:, None], enc.texts(texts, desc=f).view(len(refs), 2, -1))
         acc[f] = text_ok.double().mean().item()
         out.append(result(f"valse/{f}", "image_caption_selection", {"acc_r": acc[f]}, len(refs),
@@ -607,7 +608,7 @@ def eval_winoground(enc, folder, check_counts=True):
 def read_image_folder(folder):
     """ImageFolder: class index = position in the sorted list of sub-folders (empty ones count as classes)"""
     if not os.path.isdir(folder):
-        raise FileNotFoundError(f"{folder}: image folder not found")
+        raise MissingFileError(f"{folder}: image folder not found")
     classes = sorted(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)))
     refs, labels = [], []
     for c, cls in enumerate(classes):
@@ -618,7 +619,7 @@ def read_image_folder(folder):
                     refs.append(ref(os.path.join(dirpath, f), f"{folder}: class {cls!r}"))
                     labels.append(c)
     if not refs:
-        raise FileNotFoundError(f"{folder}: no images in class sub-folders")
+        raise MissingFileError(f"{folder}: no images in class sub-folders")
     return classes, refs, torch.tensor(labels)
 
 
@@ -660,7 +661,7 @@ def score_zeroshot(enc, folder, classnames=None, templates=None, siglip=False, n
     if classnames is None:
         classnames = [c.replace("_", " ") for c in classes]
     if len(classnames) != len(classes):
-        raise ValueError(f"{names_file or folder}: {len(classnames)} class names for {len(classes)} class folders in {folder}")
+        raise UsageError(f"{names_file or folder}: {len(classnames)} class names for {len(classes)} class folders in {folder}")
     if siglip:
         templates = SIGLIP_TEMPLATES
     templates = templates or OPENAI_TEMPLATES
@@ -679,10 +680,10 @@ def eval_zeroshot(enc, folder, templates_choice="auto"):
     tmpls = load_json(tmpl_file) if os.path.isfile(tmpl_file) else {}
     for path, d in ((names_file, names), (tmpl_file, tmpls)):
         if not isinstance(d, dict) or not all(isinstance(v, list) and all(isinstance(s, str) for s in v) for v in d.values()):
-            raise ValueError(f"{path}: expected {{\"<dataset>\": [strings]}}")
+            raise UsageError(f"{path}: expected {{\"<dataset>\": [strings]}}")
     datasets = sorted(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d))) if os.path.isdir(folder) else []
     if not datasets:
-        raise FileNotFoundError(f"{folder}: no dataset folders")
+        raise MissingFileError(f"{folder}: no dataset folders")
     out = []
     for ds in datasets:
         t = {"auto": tmpls.get(ds), "openai": OPENAI_TEMPLATES, "siglip": None}[templates_choice]
@@ -698,26 +699,26 @@ def read_karpathy(path, image_root, split="test", max_captions=5):
     """Karpathy JSON -> (refs, captions, caption -> image index); text = raw; path = image_root/filepath/filename"""
     obj = load_json(path)
     if not isinstance(obj, dict) or not isinstance(obj.get("images"), list):
-        raise ValueError(f"{path}: expected {{\"dataset\": ..., \"images\": [...]}}")
+        raise UsageError(f"{path}: expected {{\"dataset\": ..., \"images\": [...]}}")
     refs, captions, owner = [], [], []
     for i, im in enumerate(obj["images"]):
         key = f"images[{i}]"
         if not isinstance(im, dict):
-            raise ValueError(f"{path}: record {key}: expected an object")
+            raise UsageError(f"{path}: record {key}: expected an object")
         if field(im, "split", path, key) != split:
             continue
         sentences = field(im, "sentences", path, key, list)
         if not sentences:
-            raise ValueError(f"{path}: record {key}: no sentences")
+            raise UsageError(f"{path}: record {key}: no sentences")
         refs.append(ref(os.path.join(image_root, im.get("filepath", ""), field(im, "filename", path, key)),
                         f"{path}: record {key}"))
         for j, s in enumerate(sentences[:max_captions] if max_captions else sentences):
             if not isinstance(s, dict):
-                raise ValueError(f"{path}: record {key}.sentences[{j}]: expected an object")
+                raise UsageError(f"{path}: record {key}.sentences[{j}]: expected an object")
             captions.append(field(s, "raw", path, f"{key}.sentences[{j}]"))
             owner.append(len(refs) - 1)
     if not refs:
-        raise ValueError(f"{path}: no images with split {split!r}")
+        raise UsageError(f"{path}: no images with split {split!r}")
     return refs, captions, owner
 
 
@@ -772,7 +773,7 @@ def eval_retrieval(enc, root, max_captions=5, folds=1, check_counts=True):
     folder = os.path.join(root, "retrieval")
     files = sorted(f for f in os.listdir(folder) if f.endswith(".json")) if os.path.isdir(folder) else []
     if not files:
-        raise FileNotFoundError(f"{folder}: no retrieval .json files")
+        raise MissingFileError(f"{folder}: no retrieval .json files")
     out = []
     for f in files:
         image_dir, n_images = RETRIEVAL_FILES.get(f, ("retrieval", None))
@@ -822,7 +823,7 @@ def run_task(enc, task, root, check_counts=True, max_captions=5, folds=1, templa
 def run_benchmarks(enc, root, tasks, **options):
     """tasks that are not found under root are skipped when several are asked for, an error when one is"""
     if not os.path.isdir(root):
-        raise FileNotFoundError(f"--root {root}: not a directory")
+        raise MissingFileError(f"--root {root}: not a directory")
     out = []
     for task in tasks:
         if len(tasks) > 1 and not found(task, root):
@@ -850,6 +851,10 @@ def evaluate_world(model, tokenizer, seed=0, n_scenes=1000, image_size=32, devic
     for sub in ("swap_att", "swap_obj", "replace_att", "replace_obj", "add_att", "add_obj"):
         out[sub] = by[f"sugar_crepe/{sub}"]["acc"]
     return out
+
+# -----------------------------------------------------------------------------
+# output
+
 
 # -----------------------------------------------------------------------------
 # output
@@ -955,59 +960,86 @@ def write_results(results, out_dir, model_name, pretrained):
     return paths
 
 
-if __name__ == "__main__":
-    from train import load_checkpoint, model_from_checkpoint
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", required=True)
-    p.add_argument("--task", default="world", choices=["world", "all", "attention"] + TASKS)
-    p.add_argument("--root", default="", help="benchmark root, laid out as above (not needed for --task=world)")
-    p.add_argument("--out", default="", help="output folder (default: benchmarks/ beside the checkpoint)")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--workers", type=int, default=0, help="image loading processes")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--check-counts", type=int, default=1, choices=[0, 1], help="assert official record counts")
-    p.add_argument("--max-captions", type=int, default=5, help="retrieval captions per image (0 = all)")
-    p.add_argument("--folds", type=int, default=1, help="retrieval: 5 = COCO 1K protocol (mean over 5 folds)")
-    p.add_argument("--templates", default="auto", choices=["auto", "openai", "siglip"],
-                   help="zero-shot prompts: auto = templates.json entry else the 80 OpenAI ones")
-    p.add_argument("--vga-min-count", type=int, default=25, help="ARO VG-Attribution: records per pair in the macro")
-    p.add_argument("--order-seed", type=int, default=1, help="ARO-Order perturbation seed")
-    p.add_argument("--scenes", type=int, default=1000, help="world: held-out scenes per test")
-    p.add_argument("--seed", type=int, default=0, help="world: seed of the held-out scenes")
-    p.add_argument("--compare", default="", help="attention: a second checkpoint, drawn beside --ckpt with the difference")
-    p.add_argument("--temperature", type=float, default=1.0, help="attention: lambda inside the patch softmax")
-    a = p.parse_args()
-    torch.set_num_threads(min(torch.get_num_threads(), os.cpu_count() or 1))
+@dataclass
+class EvalConfig:
+    # what to evaluate
+    ckpt: str = ""                   # checkpoint to evaluate (ckpt.pt from train.py or convert.py); required
+    task: str = "world"              # world | all | attention | one of TASKS (sugarcrepe, aro, ...)
+    root: str = ""                   # benchmark root, laid out as above (not needed for --task=world)
+    out: str = ""                    # output folder (default: benchmarks/ beside the checkpoint)
+    # how
+    batch_size: int = 256            # images or captions per forward
+    workers: int = 0                 # image loading processes
+    device: str = "auto"             # auto | cpu | cuda
+    threads: int = 0                 # torch CPU threads (0 = one per core)
+    # protocol
+    check_counts: bool = True        # assert official record counts on full-size files
+    max_captions: int = 5            # retrieval captions per image (0 = all)
+    folds: int = 1                   # retrieval: 5 = COCO 1K protocol (mean over 5 folds)
+    templates: str = "auto"          # zero-shot prompts: auto (templates.json entry, else the 80 OpenAI ones) | openai | siglip
+    vga_min_count: int = 25          # ARO VG-Attribution: records per pair in the macro average
+    order_seed: int = 1              # ARO-Order perturbation seed
+    scenes: int = 1000               # world: held-out scenes per test
+    seed: int = 0                    # world: seed of the held-out scenes
+    # attention figure
+    compare: str = ""                # a second checkpoint, drawn beside --ckpt with the difference
+    temperature: float = 1.0         # lambda inside the patch softmax
+
+
+def main(a):
+    from checkpoint import load_checkpoint, model_from_checkpoint
+    from cli import check_choice
+    if not a.ckpt:
+        raise UsageError("--ckpt is required: the checkpoint to evaluate, e.g. --ckpt=runs/default/ckpt.pt")
+    check_choice("task", a.task, ["world", "all", "attention"] + TASKS)
+    check_choice("templates", a.templates, ("auto", "openai", "siglip"))
+    check_choice("device", a.device, ("auto", "cpu", "cuda"))
+    if a.task not in ("world", "attention"):
+        if not a.root:
+            raise UsageError(f"--task={a.task} needs --root, the folder holding the benchmarks (layout: --help)")
+        if not os.path.isdir(a.root):
+            raise MissingFileError(f"--root={a.root}: not a directory; give the folder holding the benchmarks")
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device
+    torch.set_num_threads(a.threads or min(torch.get_num_threads(), os.cpu_count() or 1))
     ckpt = load_checkpoint(a.ckpt)
     model, tokenizer = model_from_checkpoint(ckpt)
-    model.to(a.device)
-    out_dir = a.out or os.path.join(os.path.dirname(os.path.abspath(a.ckpt)), "benchmarks")
+    model.to(device)
+    here = os.path.dirname(os.path.abspath(a.ckpt))
+    out_dir = a.out or os.path.join(here, "benchmarks")
     if a.task == "attention":
-        models = [(os.path.basename(os.path.dirname(os.path.abspath(a.ckpt))), model)]
+        import figures
+        models = [(os.path.basename(here), model)]
         if a.compare:
             other, other_tok = model_from_checkpoint(load_checkpoint(a.compare))
             if other_tok.state_dict() != tokenizer.state_dict():
-                p.error("--compare: the two checkpoints use different tokenizers")
-            models.append((os.path.basename(os.path.dirname(os.path.abspath(a.compare))), other.to(a.device)))
-        path = a.out or os.path.join(os.path.dirname(os.path.abspath(a.ckpt)), "attention.png")
-        attention_figure(path, models, tokenizer, n_scenes=3, seed=a.seed, image_size=model.cfg.image_size,
-                         temperature=a.temperature)
+                raise UsageError(f"--compare={a.compare} uses another tokenizer than --ckpt; compare runs of one vocabulary")
+            models.append((os.path.basename(os.path.dirname(os.path.abspath(a.compare))), other.to(device)))
+        path = a.out or os.path.join(here, "attention.png")
+        figures.attention_figure(path, models, tokenizer, n_scenes=3, seed=a.seed, image_size=model.cfg.image_size,
+                                 temperature=a.temperature)
         print(f"wrote {path}")
     elif a.task == "world":
-        res = evaluate_world(model, tokenizer, a.seed, a.scenes, model.cfg.image_size, a.device, a.batch_size, True)
+        print(f"evaluating {a.ckpt} on the held-out world ({a.scenes} scenes per test) ...", flush=True)
+        res = evaluate_world(model, tokenizer, a.seed, a.scenes, model.cfg.image_size, device, a.batch_size, True)
         print_table(res)
         os.makedirs(out_dir, exist_ok=True)
         with open(os.path.join(out_dir, "world.json"), "w") as f:
             json.dump({"checkpoint": a.ckpt, "results": res}, f, indent=2)
         print(f"wrote {os.path.join(out_dir, 'world.json')}")
     else:
-        if not a.root:
-            p.error(f"--task={a.task} needs --root")
-        enc = Encoder(model, tokenizer, a.device, a.batch_size, a.workers)
         tasks = TASKS if a.task == "all" else [a.task]
-        res = run_benchmarks(enc, a.root, tasks, check_counts=bool(a.check_counts), max_captions=a.max_captions or None,
+        if not any(found(t, a.root) for t in tasks):
+            raise MissingFileError(f"--root={a.root}: no benchmark found for --task={a.task}; "
+                                   f"lay the files out as `python evaluate.py --help` shows")
+        enc = Encoder(model, tokenizer, device, a.batch_size, a.workers)
+        res = run_benchmarks(enc, a.root, tasks, check_counts=a.check_counts, max_captions=a.max_captions or None,
                              folds=a.folds, templates=a.templates, vga_min_count=a.vga_min_count, seed=a.order_seed)
         print_results(res)
         name = f"dual-encoder-{ckpt.get('config', {}).get('model', 'custom')}"
         paths = write_results(res, out_dir, name, a.ckpt)
         print(f"wrote {len(paths)} files to {out_dir}")
+
+
+if __name__ == "__main__":
+    from cli import run
+    run(main, EvalConfig, doc=__doc__)

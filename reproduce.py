@@ -26,7 +26,10 @@ from dataclasses import dataclass, asdict
 import torch
 
 import evaluate
+import figures
 import train
+from checkpoint import load_checkpoint, model_from_checkpoint
+import cli
 
 
 @dataclass
@@ -45,7 +48,7 @@ class Settings:
     eval_scenes: int = 1000
     ablations: bool = True
     ablation_seeds: str = "0"         # seeds for the ablation runs (each costs as much as a main run)
-    threads: int = 0                  # torch CPU threads per run (0 = torch's default)
+    threads: int = 1                  # torch CPU threads per run (0 = torch's default; 1 keeps results exact)
 
 
 # (name, loss, overrides); the first three are the main table
@@ -75,7 +78,7 @@ def slug(name):
 
 def finished(out_dir, steps):
     path = os.path.join(out_dir, "ckpt.pt")
-    return os.path.exists(path) and train.load_checkpoint(path)["step"] >= steps
+    return os.path.exists(path) and load_checkpoint(path)["step"] >= steps
 
 
 def command(cfg):
@@ -91,15 +94,14 @@ def run(cfg):
     if finished(cfg.out_dir, cfg.steps):
         print(f"reusing {cfg.out_dir}")
         return 0.0
-    if os.path.exists(os.path.join(cfg.out_dir, "ckpt.pt")):
-        cfg.resume = True  # an interrupted run continues exactly
+    cfg.resume = True  # an interrupted run continues exactly (or starts at step 0 when it saved nothing yet)
     t0 = time.time()
     train.main(cfg)
     return time.time() - t0
 
 
 def score(ckpt_path, s):
-    model, tok = train.model_from_checkpoint(train.load_checkpoint(ckpt_path))
+    model, tok = model_from_checkpoint(load_checkpoint(ckpt_path))
     return model, tok, evaluate.evaluate_world(model, tok, seed=0, n_scenes=s.eval_scenes, image_size=model.cfg.image_size)
 
 
@@ -119,7 +121,7 @@ def table(rows, seeds):
 
 def main(s):
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        sys.exit("reproduce.py runs its trainings one after another in one process; to scale up, run the "
+        raise cli.UsageError("reproduce.py runs its trainings one after another in one process; to scale up, run the "
                  "train.py commands it prints (== lines) under torchrun, then `python reproduce.py` reuses them")
     seeds = [int(x) for x in s.seeds.split(",")]
     size = {"model": s.model, **({"image_size": s.image_size} if s.image_size else {})}
@@ -167,11 +169,11 @@ def main(s):
     # 5. attention maps: C2LIP and the control, seed 0
     fig = os.path.join(s.out_dir, "attention_c2lip_vs_control.png")
     c2, ctrl = models["C2LIP"], models["SigLIP ft (control)"]
-    evaluate.attention_figure(fig, [("C2LIP", c2[0]), ("control", ctrl[0])], c2[1], n_scenes=2,
+    figures.attention_figure(fig, [("C2LIP", c2[0]), ("control", ctrl[0])], c2[1], n_scenes=2,
                               image_size=c2[0].cfg.image_size)
     if "C2LIP: L_xac weight 1.0" in models:
         x1 = models["C2LIP: L_xac weight 1.0"]
-        evaluate.attention_figure(os.path.join(s.out_dir, "attention_c2lip_xac1_vs_control.png"),
+        figures.attention_figure(os.path.join(s.out_dir, "attention_c2lip_xac1_vs_control.png"),
                                   [("C2LIP xac 1.0", x1[0]), ("control", ctrl[0])], x1[1], n_scenes=2,
                                   image_size=x1[0].cfg.image_size)
     results["wall_total_s"] = time.time() - t_all
@@ -186,8 +188,4 @@ def main(s):
 
 
 if __name__ == "__main__":
-    try:
-        settings = train.parse_args(sys.argv[1:], Settings)
-    except ValueError as e:
-        sys.exit(f"error: {e}")
-    main(settings)
+    cli.run(main, Settings, doc=__doc__)

@@ -29,6 +29,9 @@ from tqdm import tqdm
 
 import data
 import losses
+from checkpoint import save_checkpoint, load_checkpoint, model_from_checkpoint  # noqa: F401 (re-exported)
+import cli
+from cli import MissingFileError, Stopped, UsageError, check_choice, run
 from model import DualEncoder, model_config, WordTokenizer, tokenizer_from_state_dict, ModelConfig
 
 # -----------------------------------------------------------------------------
@@ -40,7 +43,8 @@ class Config:
     # run
     out_dir: str = "runs/default"    # logs, config and checkpoints
     seed: int = 0
-    resume: bool = False             # continue from out_dir/ckpt.pt if it exists
+    resume: bool = False             # continue from out_dir/ckpt.pt if it exists (says which it did)
+    overwrite: bool = False          # replace the run already in out_dir (otherwise starting there is refused)
     init: str = ""                   # start from this checkpoint's weights (fresh optimizer and step count)
     # data
     data: str = "world"              # "world" (built in) or a JSONL/CSV file of image paths and captions
@@ -88,7 +92,7 @@ class Config:
     device: str = "auto"             # auto | cpu | cuda
     bf16: bool = True                # bf16 autocast around forward and loss on CUDA (fp32 master weights)
     compile: bool = False
-    threads: int = 0                 # torch CPU threads per rank (0 = leave as is)
+    threads: int = 1                 # torch CPU threads per rank (0 = torch's default); 1 keeps CPU results exact
     log_every: int = 25
     ckpt_every: int = 250
     eval: bool = True                # evaluate on the held-out world at the end (rank 0)
@@ -96,37 +100,9 @@ class Config:
     nonfinite: str = "stop"          # a NaN/inf loss: stop (last good checkpoint kept) or skip the step
 
 
-def parse_value(text, kind, name):
-    if kind is bool:
-        if text.lower() in ("1", "true", "yes", "on"):
-            return True
-        if text.lower() in ("0", "false", "no", "off"):
-            return False
-        raise ValueError(f"--{name}: expected a boolean, got {text!r}")
-    try:
-        return kind(text)
-    except ValueError:
-        raise ValueError(f"--{name}: expected {kind.__name__}, got {text!r}") from None
-
-
-def parse_args(argv, cls=None):
-    """--key=value (or --flag for booleans) -> dataclass; unknown keys and bad values are errors"""
-    cls = cls or Config
-    types = {f.name: f.type if isinstance(f.type, type) else eval(f.type) for f in fields(cls)}
-    values = {}
-    for arg in argv:
-        if not arg.startswith("--"):
-            raise ValueError(f"unexpected argument {arg!r}: use --key=value")
-        key, eq, text = arg[2:].partition("=")
-        key = key.replace("-", "_")
-        if key not in types:
-            raise ValueError(f"unknown option --{key}; known: {', '.join(sorted(types))}")
-        if not eq:
-            if types[key] is not bool:
-                raise ValueError(f"--{key} needs a value: --{key}=...")
-            text = "true"
-        values[key] = parse_value(text, types[key], key)
-    return cls(**values)
+def parse_args(argv):
+    """train.py's flags -> Config (see cli.parse_args)"""
+    return cli.parse_args(argv, Config, prog="train.py", doc=__doc__)
 
 # -----------------------------------------------------------------------------
 # pieces of the loop
@@ -200,45 +176,6 @@ def ema_update(teacher, student, decay):
         pt.lerp_(ps.detach(), 1.0 - decay)
 
 
-def save_checkpoint(path, model, optimizer, cfg, tokenizer, step, extra=None):
-    """write to a temporary file, then rename: a crash mid-save leaves the previous checkpoint intact"""
-    ckpt = {
-        "format": "c2lip-degla-ckpt/1",
-        "model": model.state_dict(),
-        "model_config": asdict(model.cfg),
-        "config": asdict(cfg),
-        "tokenizer": tokenizer.state_dict(),
-        "step": step,
-        "optimizer": optimizer.state_dict() if optimizer is not None else None,
-        # no RNG state: data order, crops and negatives are functions of (seed, epoch, index), so a resumed
-        # run only needs the step
-    }
-    ckpt.update(extra or {})
-    tmp = path + ".tmp"
-    torch.save(ckpt, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path, map_location="cpu"):
-    """safe load (weights_only: no code runs from the file); clear errors for truncated or foreign files"""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:
-        raise ValueError(f"cannot load checkpoint {path} (truncated, corrupt or not a weights-only file): {e}") from e
-    if not isinstance(ckpt, dict) or not str(ckpt.get("format", "")).startswith("c2lip-degla-ckpt/"):
-        raise ValueError(f"{path} is not a checkpoint of this project (no 'format' key); "
-                         f"import foreign checkpoints with the converter")
-    return ckpt
-
-
-def model_from_checkpoint(ckpt):
-    """(model, tokenizer) from a loaded checkpoint dict"""
-    model = DualEncoder(ModelConfig(**ckpt["model_config"]))
-    model.load_state_dict(ckpt["model"])
-    return model, tokenizer_from_state_dict(ckpt["tokenizer"])
-
 # -----------------------------------------------------------------------------
 # data setup
 
@@ -268,7 +205,7 @@ def hard_negatives_for(captions, cfg, vocab=None, log=print):
         f"{len(captions) - n_file} generated (tagger {concepts.tagger_name()}) in {time.time() - t0:.1f}s; "
         f"{len(captions) - len(keep)} dropped with fewer than K={k} distinct negatives")
     if not keep:
-        raise ValueError(f"no caption has {k} distinct hard negatives; lower --num_negatives")
+        raise UsageError(f"no caption has {k} distinct hard negatives; lower --num_negatives")
     return [negatives[i] for i in keep], keep
 
 
@@ -279,7 +216,10 @@ def build_data(cfg, mcfg, log=print, tokenizer=None):
     word vocabulary of the user's captions, concepts and negatives.
     """
     if cfg.data == "world":
+        t0 = time.time()
+        log(f"world: drawing {cfg.world_scenes:,} training scenes (world_seed {cfg.world_seed}) ...")
         dataset = data.WorldDataset(cfg.world_scenes, cfg.world_seed, mcfg.image_size, cfg.min_objects, cfg.max_objects)
+        log(f"world: {len(dataset):,} scenes in {time.time() - t0:.1f}s")
         tokenizer = tokenizer or WordTokenizer(data.world_vocabulary(), mcfg.context_length)
     else:
         dataset = data.CaptionFileDataset(cfg.data, mcfg.image_size, train=True, image_key=cfg.image_key,
@@ -318,7 +258,7 @@ RESUME_KEYS = ("data", "model", "image_size", "loss", "batch_size", "seed", "wor
 def check_resume_config(saved, cfg, path):
     diff = [f"{k}: {saved.get(k)!r} -> {getattr(cfg, k)!r}" for k in RESUME_KEYS if saved.get(k) != getattr(cfg, k)]
     if diff:
-        raise ValueError(f"--resume: {path} was written by a different run ({'; '.join(diff)}); "
+        raise UsageError(f"--resume: {path} was written by a different run ({'; '.join(diff)}); "
                          f"use another --out_dir or the same settings")
 
 
@@ -341,6 +281,12 @@ def empty_batch(mcfg, cfg):
     return out
 
 
+def describe(rec):
+    """one bad record as 'where: why'"""
+    where = ":".join(str(rec[k]) for k in ("file", "line") if k in rec) or f"record {rec.get('index', '?')}"
+    return f"{where}: {rec.get('reason', 'unreadable')}"
+
+
 class BadDataReport:
     """counts and lists every record that was skipped (bad line, unreadable image) or altered (caption
     truncated to the context), in out_dir/bad_records.jsonl, and stops the run past cfg.max_skip_fraction"""
@@ -351,6 +297,7 @@ class BadDataReport:
         self.path = os.path.join(cfg.out_dir, "bad_records.jsonl")
         self.load_skipped = list(getattr(getattr(dataset, "dataset", dataset), "problems", []))
         self.image_skips = 0
+        self.image_examples = []  # the first few, for the message that stops a run
         self.nonfinite_steps = 0
         # a caption longer than the context is truncated (its EOS kept last), as SigLIP does
         limit = tokenizer.context_length - 1
@@ -372,6 +319,7 @@ class BadDataReport:
     def add_skipped(self, skipped, n_global):
         """skipped: this rank's unreadable images (each rank lists its own); n_global: all ranks' count"""
         self.image_skips += n_global
+        self.image_examples += skipped[:3]
         if skipped:
             with open(self.path, "a") as f:
                 for s in skipped:
@@ -384,8 +332,10 @@ class BadDataReport:
 
     def check(self):
         if self.skipped() > self.cfg.max_skip_fraction * self.n_records:
-            raise RuntimeError(f"{self.skipped()} of {self.n_records} records skipped, more than "
-                               f"--max_skip_fraction={self.cfg.max_skip_fraction}; see {self.path}")
+            first = "; ".join(describe(r) for r in (self.load_skipped + self.image_examples)[:3])
+            raise Stopped(f"{self.skipped()} of {self.n_records} records skipped, more than "
+                          f"--max_skip_fraction={self.cfg.max_skip_fraction} (first: {first}); all are listed in "
+                          f"{self.path}; fix the data, or raise --max_skip_fraction")
 
     def summary(self):
         if self.skipped() or self.nonfinite_steps:
@@ -394,11 +344,25 @@ class BadDataReport:
                      f"see {self.path}")
 
 # -----------------------------------------------------------------------------
-# main
+# the steps of main
 
 
-def main(cfg):
-    # distributed setup: torchrun sets RANK / WORLD_SIZE / LOCAL_RANK; plain python is world size 1
+@dataclass
+class Env:
+    """where this process runs: torchrun sets RANK / WORLD_SIZE / LOCAL_RANK; plain python is world size 1"""
+    rank: int
+    world: int
+    local_rank: int
+    device: torch.device
+    ddp: bool
+    use_cuda: bool
+
+    @property
+    def master(self):
+        return self.rank == 0
+
+
+def setup_distributed(cfg):
     ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1
     use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
     if ddp:
@@ -412,20 +376,50 @@ def main(cfg):
         torch.backends.cudnn.allow_tf32 = True
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    master = rank == 0
-    log = print if master else (lambda *a, **k: None)
-    if cfg.batch_size % world:
-        raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the world size {world}")
-    local_batch = cfg.batch_size // world
-    if cfg.loss not in ("siglip", "c2lip", "degla"):
-        raise ValueError(f"--loss={cfg.loss}: expected siglip, c2lip or degla")
-    for name, allowed in (("bad_data", ("skip", "error")), ("nonfinite", ("stop", "skip"))):
-        if getattr(cfg, name) not in allowed:
-            raise ValueError(f"--{name}={getattr(cfg, name)}: expected one of {', '.join(allowed)}")
-    if cfg.tgc_mask not in ("own", "official"):
-        raise ValueError(f"--tgc_mask={cfg.tgc_mask}: expected own or official")
+    return Env(rank, world, local_rank, device, ddp, use_cuda)
 
-    # model and tokenizer (from --init, --resume or fresh)
+
+def check_config(cfg, world):
+    """the mistakes a flag can make, found before anything is loaded"""
+    check_choice("loss", cfg.loss, ("siglip", "c2lip", "degla"))
+    check_choice("bad_data", cfg.bad_data, ("skip", "error"))
+    check_choice("nonfinite", cfg.nonfinite, ("stop", "skip"))
+    check_choice("tgc_mask", cfg.tgc_mask, ("own", "official"))
+    check_choice("device", cfg.device, ("auto", "cpu", "cuda"))
+    if cfg.batch_size % world:
+        raise UsageError(f"--batch_size={cfg.batch_size} is not divisible by the world size {world}; "
+                         f"choose a multiple of {world}")
+    for name in ("init", "concepts", "negatives") + (("data",) if cfg.data != "world" else ()):
+        path = getattr(cfg, name)
+        if path and not os.path.exists(path):
+            raise MissingFileError(f"--{name}={path}: no such file")
+    if cfg.resume and cfg.overwrite:
+        raise UsageError("--resume and --overwrite contradict each other; pick one")
+
+
+RUN_FILES = ("ckpt.pt", "config.json", "metrics.jsonl", "eval.json", "bad_records.jsonl")
+
+
+def claim_out_dir(cfg, env, log):
+    """refuse to start a new run on top of another one; --overwrite clears it, --resume continues it.
+
+    Every rank looks before anybody writes (a barrier follows), so all take the same decision."""
+    ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
+    found = [f for f in RUN_FILES if os.path.exists(os.path.join(cfg.out_dir, f))]
+    if cfg.resume:
+        log(f"resume: {'found ' + ckpt_path if os.path.exists(ckpt_path) else f'no checkpoint in {cfg.out_dir}, starting at step 0'}")
+    elif found and not cfg.overwrite:
+        raise UsageError(f"--out_dir={cfg.out_dir} holds another run ({', '.join(found)}); pass another --out_dir, "
+                         f"--resume to continue it, or --overwrite to replace it")
+    if env.ddp:
+        dist.barrier()
+    if env.master and cfg.overwrite:
+        for f in found:
+            os.remove(os.path.join(cfg.out_dir, f))
+
+
+def load_start(cfg, log):
+    """(resume checkpoint or None, init checkpoint or None, model config) for a fresh, --init or --resume start"""
     ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
     resume_ckpt = load_checkpoint(ckpt_path) if cfg.resume and os.path.exists(ckpt_path) else None
     init_ckpt = resume_ckpt or (load_checkpoint(cfg.init) if cfg.init else None)
@@ -436,157 +430,242 @@ def main(cfg):
     if init_ckpt is not None:
         mcfg = ModelConfig(**init_ckpt["model_config"])
         if cfg.image_size and cfg.image_size != mcfg.image_size:
-            raise ValueError(f"--image_size={cfg.image_size} does not match the checkpoint's {mcfg.image_size}")
+            raise UsageError(f"--image_size={cfg.image_size} does not match the checkpoint's {mcfg.image_size}; "
+                             f"drop --image_size or start from scratch")
     else:
-        mcfg = model_config(cfg.model, **({"image_size": cfg.image_size} if cfg.image_size else {}))
-    torch.manual_seed(cfg.seed)  # same initial weights on every rank
-    random.seed(cfg.seed)
-    ckpt_tokenizer = tokenizer_from_state_dict(init_ckpt["tokenizer"]) if init_ckpt is not None else None
-    dataset, tokenizer = build_data(cfg, mcfg, log, ckpt_tokenizer)
-    report = BadDataReport(cfg, dataset, tokenizer, master, log)
+        try:
+            mcfg = model_config(cfg.model, **({"image_size": cfg.image_size} if cfg.image_size else {}))
+        except KeyError:
+            raise UsageError(f"--model={cfg.model}: unknown preset; expected one of "
+                             f"{', '.join(__import__('model').PRESETS)}") from None
+    return resume_ckpt, init_ckpt, mcfg
+
+
+def build_model(cfg, mcfg, tokenizer, resume_ckpt, init_ckpt, device, log):
+    """(student, EMA teacher or None) on device, with the checkpoint's weights where there is one"""
     mcfg.vocab_size = tokenizer.vocab_size
+    torch.manual_seed(cfg.seed)  # same initial weights on every rank
     model = DualEncoder(mcfg)
     if init_ckpt is not None:
         try:
             model.load_state_dict(init_ckpt["model"])
         except RuntimeError as e:
-            raise ValueError(f"checkpoint weights do not fit its own model config: {e}") from None
+            raise UsageError(f"checkpoint weights do not fit its own model config ({str(e)[:200]}); "
+                             f"the file was written by another version or edited") from None
     model.to(device)
     teacher = None
     if cfg.loss == "degla":
         model.logit_bias.requires_grad_(False)  # no softmax loss uses b, and DDP needs every trainable param used
-        teacher = copy.deepcopy(model).requires_grad_(False).eval()  # EMA teacher, fp32 (METHOD.md 3.2)
+        teacher = copy.deepcopy(model).requires_grad_(False).eval()  # EMA teacher, fp32 (METHOD.md, 'DeGLA')
         if resume_ckpt is not None:
             if "teacher" not in resume_ckpt:
-                raise ValueError(f"{ckpt_path} has no EMA teacher: it was not written by a --loss=degla run")
+                raise UsageError(f"the checkpoint in {cfg.out_dir} has no EMA teacher: it was not written by a "
+                                 f"--loss=degla run; use another --out_dir")
             teacher.load_state_dict(resume_ckpt["teacher"])
-    source = cfg.model if init_ckpt is None else f"from {ckpt_path if resume_ckpt is not None else cfg.init}"
+    source = cfg.model if init_ckpt is None else f"from {'--resume' if resume_ckpt is not None else cfg.init}"
     log(f"model {source}: {model.num_params() / 1e6:.2f}M parameters, {model.visual.num_patches} patches, "
         f"vocab {tokenizer.vocab_size}, context {mcfg.context_length}")
+    return model, teacher
+
+
+def write_run_info(cfg, mcfg, env):
+    with open(os.path.join(cfg.out_dir, "config.json"), "w") as f:
+        json.dump({"config": asdict(cfg), "model": asdict(mcfg), "world_size": env.world,
+                   "torch": torch.__version__, "python": sys.version.split()[0]}, f, indent=2)
+
+
+def epoch_batches(loader, dataset, start_step, local_batch):
+    """the batches from global step start_step on, epoch after epoch; a function of (seed, epoch, step) only"""
+    steps_per_epoch = len(loader)
+    epoch, skip = divmod(start_step, steps_per_epoch)
+    while True:
+        loader.sampler.set_epoch(epoch)
+        loader.sampler.skip = skip * local_batch
+        if hasattr(dataset, "epoch"):
+            dataset.epoch = epoch
+        yield from loader
+        epoch, skip = epoch + 1, 0
+
+
+class Logger:
+    """one line per log step on rank 0 (step/total, losses, lr, t, b, img/s, elapsed, eta) and the same numbers
+    in out_dir/metrics.jsonl; a fresh run starts a fresh file, a resumed one keeps the lines up to its step"""
+
+    def __init__(self, cfg, env, start_step):
+        self.cfg, self.env, self.start_step = cfg, env, start_step
+        self.t_start = self.t_last = time.time()
+        self.n_images = 0
+        self.file = None
+        if env.master:
+            path = os.path.join(cfg.out_dir, "metrics.jsonl")
+            kept = []
+            if start_step and os.path.exists(path):
+                with open(path) as f:
+                    kept = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= start_step]
+            self.file = open(path, "w")
+            self.file.writelines(kept)
+            self.file.flush()
+
+    def log_step(self, step, loss, terms, lr, model):
+        vals = torch.stack([loss.detach()] + [v.detach() for v in terms.values()]).float()
+        if self.env.ddp:
+            dist.all_reduce(vals)  # per-rank shares sum to the global losses
+        now = time.time()
+        rec = {"step": step, "loss": vals[0].item(), **{k: vals[i + 1].item() for i, k in enumerate(terms)},
+               "lr": lr, "t": model.logit_scale.exp().item(), "b": model.logit_bias.item(),
+               "img_s": self.n_images / max(now - self.t_last, 1e-9), "elapsed_s": now - self.t_start}
+        self.t_last, self.n_images = now, 0
+        if self.env.master:
+            done = step - self.start_step
+            eta = (now - self.t_start) / done * (self.cfg.steps - step) if done else 0.0
+            print(f"step {step:>{len(str(self.cfg.steps))}}/{self.cfg.steps} | loss {rec['loss']:.4f} | "
+                  + " | ".join(f"{k} {rec[k]:.4f}" for k in terms)
+                  + f" | lr {lr:.2e} | t {rec['t']:.2f} b {rec['b']:.2f} | {rec['img_s']:.0f} img/s"
+                  + f" | {clock(now - self.t_start)} elapsed, eta {clock(eta)}", flush=True)
+            self.file.write(json.dumps(rec) + "\n")
+            self.file.flush()
+
+    def close(self):
+        if self.file:
+            self.file.close()
+
+
+def clock(seconds):
+    m, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def train_step(batch, forward, teacher, cfg, mcfg, env, report):
+    """forward, loss and backward of one global batch -> (loss, terms, images on this rank)"""
+    if batch["images"] is None:  # every image of this rank's batch was unreadable: take part with no rows
+        batch.update(empty_batch(mcfg, cfg))
+    rank_images = losses.gather_sizes(batch["images"].shape[0], env.device)
+    report.add_skipped(batch["skipped"], cfg.batch_size - sum(rank_images))
+    images = batch["images"].to(env.device, non_blocking=True)
+    tokens = batch["tokens"].to(env.device, non_blocking=True)
+    extra = batch.get("concept_tokens", batch.get("negative_tokens"))
+    extra = extra.to(env.device, non_blocking=True) if extra is not None else None
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=env.use_cuda and cfg.bf16):
+        out = forward(images, tokens, extra, return_tokens=cfg.loss == "c2lip")
+        if teacher is not None:
+            with torch.no_grad():
+                batch["teacher"] = teacher(images, tokens, extra)
+        if "owner" in batch:
+            batch["owner"] = batch["owner"].to(env.device)
+        terms = compute_losses(out, batch, cfg, rank_images)
+        loss = sum(LOSS_WEIGHTS[k](cfg) * v for k, v in terms.items())
+    # each rank holds its share of the global loss; x world so that DDP's gradient mean is the global gradient
+    (loss * env.world).backward()
+    return loss, terms, images.shape[0]
+
+
+def finish_step(model, teacher, optimizer, cfg):
+    """the update after a finite backward: AdamW, the logit clamp, then the EMA teacher"""
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        model.logit_scale.clamp_(0, cfg.max_logit_scale)
+    if teacher is not None:
+        ema_update(teacher, model, cfg.ema_decay)  # after the clamp (METHOD.md, 'DeGLA step order')
+
+
+def final_eval(model, tokenizer, cfg, mcfg, device, log):
+    """the built-in world's held-out tests, printed and written to out_dir/eval.json"""
+    import evaluate
+    t0 = time.time()
+    log(f"evaluating on the held-out world ({cfg.eval_scenes} scenes per test) ...")
+    model.eval()
+    results = evaluate.evaluate_world(model, tokenizer, seed=cfg.world_seed, n_scenes=cfg.eval_scenes,
+                                      image_size=mcfg.image_size, device=device)
+    evaluate.print_table(results)
+    with open(os.path.join(cfg.out_dir, "eval.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    log(f"wrote {os.path.join(cfg.out_dir, 'eval.json')} (evaluation {time.time() - t0:.1f}s)")
+
+# -----------------------------------------------------------------------------
+# main
+
+
+def main(cfg):
+    env = setup_distributed(cfg)
+    log = print if env.master else (lambda *a, **k: None)
+    check_config(cfg, env.world)
+    claim_out_dir(cfg, env, log)
+    resume_ckpt, init_ckpt, mcfg = load_start(cfg, log)
+    ckpt_tokenizer = tokenizer_from_state_dict(init_ckpt["tokenizer"]) if init_ckpt is not None else None
+    random.seed(cfg.seed)
+    dataset, tokenizer = build_data(cfg, mcfg, log, ckpt_tokenizer)
+    report = BadDataReport(cfg, dataset, tokenizer, env.master, log)
+    model, teacher = build_model(cfg, mcfg, tokenizer, resume_ckpt, init_ckpt, env.device, log)
     optimizer = configure_optimizer(model, cfg, log)
     step = 0
     if resume_ckpt is not None:
         optimizer.load_state_dict(resume_ckpt["optimizer"])
         step = resume_ckpt["step"]
-        log(f"resumed from {ckpt_path} at step {step}")
-    torch.manual_seed(cfg.seed + 1000 * rank + step)  # per-rank stream from here on
+        log(f"resumed at step {step}")
+    torch.manual_seed(cfg.seed + 1000 * env.rank + step)  # per-rank stream from here on
 
     forward = torch.compile(model) if cfg.compile else model
-    if ddp:
-        forward = DDP(forward, device_ids=[local_rank] if use_cuda else None)
-    loader = data.make_loader(dataset, local_batch, data.Collate(tokenizer), rank, world, cfg.seed, cfg.workers)
-    steps_per_epoch = len(loader)
-    if steps_per_epoch == 0:
-        raise ValueError(f"{len(dataset)} records are fewer than one global batch of {cfg.batch_size}")
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_cuda and cfg.bf16)
-
-    if master:
+    if env.ddp:
+        forward = DDP(forward, device_ids=[env.local_rank] if env.use_cuda else None)
+    local_batch = cfg.batch_size // env.world
+    loader = data.make_loader(dataset, local_batch, data.Collate(tokenizer), env.rank, env.world, cfg.seed, cfg.workers)
+    if len(loader) == 0:
+        raise UsageError(f"{len(dataset)} records are fewer than one global batch of {cfg.batch_size}; "
+                         f"lower --batch_size or add data")
+    if env.master:
         os.makedirs(cfg.out_dir, exist_ok=True)
-        with open(os.path.join(cfg.out_dir, "config.json"), "w") as f:
-            json.dump({"config": asdict(cfg), "model": asdict(mcfg), "world_size": world,
-                       "torch": torch.__version__, "python": sys.version.split()[0]}, f, indent=2)
-        metrics_file = open(os.path.join(cfg.out_dir, "metrics.jsonl"), "a")
-    log(f"training {cfg.steps} steps, global batch {cfg.batch_size} on {world} rank(s) ({device}), "
-        f"{steps_per_epoch} steps per epoch")
-
-    def batches(start_step):
-        epoch, skip = divmod(start_step, steps_per_epoch)
-        while True:
-            loader.sampler.set_epoch(epoch)
-            loader.sampler.skip = skip * local_batch
-            if hasattr(dataset, "epoch"):
-                dataset.epoch = epoch
-            yield from loader
-            epoch, skip = epoch + 1, 0
+        write_run_info(cfg, mcfg, env)
+    logger = Logger(cfg, env, step)
+    log(f"training {cfg.steps} steps, global batch {cfg.batch_size} on {env.world} rank(s) ({env.device}), "
+        f"{len(loader)} steps per epoch")
+    ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
+    save = lambda: save_checkpoint(ckpt_path, model, optimizer, cfg, tokenizer, step,  # noqa: E731
+                                   extra={"teacher": teacher.state_dict()} if teacher is not None else None)
 
     model.train()
-    t_start = time.time()
-    it = batches(step)
-    pbar = tqdm(total=cfg.steps, initial=step, disable=not master or not sys.stderr.isatty(), dynamic_ncols=True)
-    t_log, n_log = time.time(), 0
+    batches = epoch_batches(loader, dataset, step, local_batch)
+    pbar = tqdm(total=cfg.steps, initial=step, disable=not env.master or not sys.stderr.isatty(), dynamic_ncols=True)
     while step < cfg.steps:
         lr = get_lr(step, cfg)
         for g in optimizer.param_groups:
             g["lr"] = lr * g["lr_mult"]
-        batch = next(it)
-        if batch["images"] is None:  # every image of this rank's batch was unreadable: take part with no rows
-            batch.update(empty_batch(mcfg, cfg))
-        rank_images = losses.gather_sizes(batch["images"].shape[0], device)
-        report.add_skipped(batch["skipped"], cfg.batch_size - sum(rank_images))
-        images, tokens = batch["images"].to(device, non_blocking=True), batch["tokens"].to(device, non_blocking=True)
-        extra = batch.get("concept_tokens", batch.get("negative_tokens"))
-        extra = extra.to(device, non_blocking=True) if extra is not None else None
-        with autocast:
-            out = forward(images, tokens, extra, return_tokens=cfg.loss == "c2lip")
-            if teacher is not None:
-                with torch.no_grad():
-                    batch["teacher"] = teacher(images, tokens, extra)
-            if "owner" in batch:
-                batch["owner"] = batch["owner"].to(device)
-            terms = compute_losses(out, batch, cfg, rank_images)
-            loss = sum(LOSS_WEIGHTS[k](cfg) * v for k, v in terms.items())
-        # each rank holds its share of the global loss; x world so that DDP's gradient mean is the global gradient
-        (loss * world).backward()
-        if not all_finite(loss, ddp):
+        loss, terms, n_images = train_step(next(batches), forward, teacher, cfg, mcfg, env, report)
+        step += 1
+        pbar.update(1)
+        if not all_finite(loss, env.ddp):
             optimizer.zero_grad(set_to_none=True)
-            msg = (f"non-finite loss at step {step + 1} ({', '.join(f'{k} {v.item():.4g}' for k, v in terms.items())}); "
+            msg = (f"non-finite loss at step {step} ({', '.join(f'{k} {v.item():.4g}' for k, v in terms.items())}); "
                    f"the last good checkpoint {ckpt_path} is kept")
             if cfg.nonfinite == "stop":
-                raise FloatingPointError(msg + "; --nonfinite=skip skips such steps instead")
+                raise NonFiniteLoss(msg + "; lower --lr, or --nonfinite=skip to skip such steps")
             log("warning: " + msg + "; step skipped")
             report.nonfinite_steps += 1
-            step += 1
-            pbar.update(1)
             continue
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        with torch.no_grad():
-            model.logit_scale.clamp_(0, cfg.max_logit_scale)
-        if teacher is not None:
-            ema_update(teacher, model, cfg.ema_decay)  # after the clamp (METHOD.md 3.3 step order)
-        step += 1
-        n_log += images.shape[0] * world
-        pbar.update(1)
-
+        finish_step(model, teacher, optimizer, cfg)
+        logger.n_images += n_images * env.world
         if step % cfg.log_every == 0 or step == cfg.steps:
-            vals = torch.stack([loss.detach()] + [v.detach() for v in terms.values()]).float()
-            if ddp:
-                dist.all_reduce(vals)  # per-rank shares sum to the global losses
-            dt = time.time() - t_log
-            rec = {"step": step, "loss": vals[0].item(), **{k: vals[i + 1].item() for i, k in enumerate(terms)},
-                   "lr": lr, "t": model.logit_scale.exp().item(), "b": model.logit_bias.item(), "img_s": n_log / dt}
-            if master:
-                pbar.write(f"step {step:6d} | loss {rec['loss']:.4f} | " + " | ".join(f"{k} {rec[k]:.4f}" for k in terms)
-                           + f" | lr {lr:.2e} | t {rec['t']:.2f} b {rec['b']:.2f} | {rec['img_s']:.0f} img/s")
-                metrics_file.write(json.dumps(rec) + "\n")
-                metrics_file.flush()
-            t_log, n_log = time.time(), 0
-        if master and (step % cfg.ckpt_every == 0 or step == cfg.steps):
-            save_checkpoint(ckpt_path, model, optimizer, cfg, tokenizer, step,
-                            extra={"teacher": teacher.state_dict()} if teacher is not None else None)
-        if ddp and step % cfg.ckpt_every == 0:
+            logger.log_step(step, loss, terms, lr, model)
+        if env.master and (step % cfg.ckpt_every == 0 or step == cfg.steps):
+            save()
+        if env.ddp and step % cfg.ckpt_every == 0:
             dist.barrier()  # nobody runs ahead of a checkpoint being written
     pbar.close()
-    log(f"trained to step {step} in {time.time() - t_start:.0f}s")
+    logger.close()
+    log(f"trained to step {step} in {clock(time.time() - logger.t_start)}")
     report.summary()
 
-    if master and cfg.eval and cfg.data == "world":
-        import evaluate
-        model.eval()
-        results = evaluate.evaluate_world(model, tokenizer, seed=cfg.world_seed, n_scenes=cfg.eval_scenes,
-                                          image_size=mcfg.image_size, device=device)
-        evaluate.print_table(results)
-        with open(os.path.join(cfg.out_dir, "eval.json"), "w") as f:
-            json.dump(results, f, indent=2)
-        log(f"wrote {os.path.join(cfg.out_dir, 'eval.json')}")
-    if ddp:
+    if env.master and cfg.eval and cfg.data == "world":
+        final_eval(model, tokenizer, cfg, mcfg, env.device, log)
+    if env.ddp:
         dist.barrier()
         dist.destroy_process_group()
 
 
+class NonFiniteLoss(Stopped, FloatingPointError):
+    """a NaN or inf loss under --nonfinite=stop"""
+
+
 if __name__ == "__main__":
-    try:
-        config = parse_args(sys.argv[1:])
-    except ValueError as e:
-        sys.exit(f"error: {e}")
-    main(config)
+    run(main, Config, doc=__doc__)

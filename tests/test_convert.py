@@ -17,7 +17,7 @@ pytest.importorskip("safetensors")
 import convert
 from model import (DualEncoder, GemmaTokenizer, ModelConfig, SentencePieceTokenizer, canonicalize, model_config,
                    preset_name, tokenizer_from_state_dict)
-from train import load_checkpoint, model_from_checkpoint
+from checkpoint import load_checkpoint, model_from_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CORPUS = ["a red circle next to a blue square", "two dogs playing in the park at noon",
