@@ -631,3 +631,80 @@ def test_siglip2_b16_label_and_shapes():
         hf_shapes = {k: v.shape for k, v in transformers.SiglipModel(hf_cfg).state_dict().items()}
         ours = DualEncoder(cfg).state_dict()
     assert {k: v.shape for k, v in convert.to_hf(ours, cfg).items()} == hf_shapes
+
+# -----------------------------------------------------------------------------
+# CLIP_benchmark on an export (the README recipe), fully local
+
+
+def register_tiny_timm_siglip(timm):
+    """a timm SigLIP ViT of the test's sizes under a name convert.openclip_config can write (OpenCLIP builds
+    its image towers only from named timm models)"""
+    name = "vit_c2liptest_patch4_siglip_16"
+    if name not in timm.list_models(name):
+        def vit_c2liptest_patch4_siglip_16(pretrained=False, **kwargs):
+            return timm.create_model("vit_base_patch16_siglip_224", pretrained=False, img_size=16, patch_size=4,
+                                     embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.0, **kwargs)
+        vit_c2liptest_patch4_siglip_16.__module__ = "timm.models.vision_transformer"
+        timm.models.register_model(vit_c2liptest_patch4_siglip_16)
+    return name
+
+
+def sugar_crepe_folder(root, n=12, seed=0):
+    """CLIP_benchmark's sugar_crepe/<task> layout: val2017/ images and <task>.json with caption, negative_caption"""
+    from PIL import Image
+    gen = torch.Generator().manual_seed(seed)
+    os.makedirs(root / "val2017")
+    colors = ["red", "blue", "green", "yellow"]
+    ann = {}
+    for i in range(n):
+        pixels = (torch.rand(16, 16, 3, generator=gen) * 255).to(torch.uint8).numpy()
+        Image.fromarray(pixels).save(root / "val2017" / f"{i}.png")
+        a, b = colors[i % 4], colors[(i + 1) % 4]
+        ann[str(i)] = {"filename": f"{i}.png", "caption": f"a {a} circle and a {b} square",
+                       "negative_caption": f"a {b} circle and a {a} square"}
+    (root / "swap_att.json").write_text(__import__("json").dumps(ann))
+    return ann
+
+
+def test_clip_benchmark_on_export(gemma, tmp_path, monkeypatch):
+    cb_cli = pytest.importorskip("clip_benchmark.cli", reason="clip_benchmark not installed: recipe test skipped")
+    open_clip = pytest.importorskip("open_clip", reason="open_clip not installed: recipe test skipped")
+    timm = pytest.importorskip("timm")
+    import json as _json
+    monkeypatch.setitem(convert.TIMM_SIZES, (32, 2), "c2liptest")
+    monkeypatch.setitem(convert.SIGLIP_HEADS, 32, 2)
+    register_tiny_timm_siglip(timm)
+    _, oc = siglip2_openclip_state(gemma, seed=5)
+    torch.save(oc, tmp_path / "w.bin")
+    ckpt = str(tmp_path / "c.pt")
+    convert.import_checkpoint(str(tmp_path / "w.bin"), "openclip", ckpt, gemma, 2, 2)
+    out = tmp_path / "export"
+    convert.export_checkpoint(ckpt, "openclip", str(out))
+    assert os.path.isfile(out / "open_clip_config.json")
+
+    # the export loads in OpenCLIP from the folder alone: model, preprocessing and tokenizer
+    ref, _, transform = open_clip.create_model_and_transforms(f"local-dir:{out}")
+    ref_tok = open_clip.get_tokenizer(f"local-dir:{out}")
+    model, tok = model_from_checkpoint(load_checkpoint(ckpt))
+    model.eval()
+    ann = sugar_crepe_folder(tmp_path / "sc")
+    texts = [t for a in ann.values() for t in (a["caption"], a["negative_caption"])]
+    assert torch.equal(ref_tok(texts), tok.encode(texts))
+    from PIL import Image
+    images = torch.stack([transform(Image.open(tmp_path / "sc" / "val2017" / a["filename"])) for a in ann.values()])
+    with torch.no_grad():
+        x, y = model.encode_image(images)[0], model.encode_text(tok.encode(texts))
+        torch.testing.assert_close(x, ref.eval().encode_image(images, normalize=True), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(y, ref.encode_text(ref_tok(texts), normalize=True), atol=1e-5, rtol=1e-5)
+    s = (x[:, None] * y.view(len(ann), 2, -1)).sum(-1)  # (images, [positive, negative])
+    ours = (s[:, 0] > s[:, 1]).float().mean().item()
+
+    # CLIP_benchmark's own command line, in fp32 (--no_amp): the comparable setting
+    result = tmp_path / "cb.json"
+    monkeypatch.setattr(sys, "argv", ["clip_benchmark", "eval", "--model_type=open_clip", f"--model=local-dir:{out}",
+                                      "--pretrained=export", "--dataset=sugar_crepe/swap_att",
+                                      f"--dataset_root={tmp_path / 'sc'}", "--no_amp", "--num_workers=0",
+                                      "--batch_size=4", f"--output={result}", "--quiet"])
+    cb_cli.main()
+    metrics = _json.loads(result.read_text())["metrics"]
+    assert metrics["text_acc"] == pytest.approx(ours, abs=1e-6)
