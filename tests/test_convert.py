@@ -710,3 +710,16 @@ def test_clip_benchmark_on_export(gemma, tmp_path, monkeypatch):
     cb_cli.main()
     metrics = _json.loads(result.read_text())["metrics"]
     assert metrics["text_acc"] == pytest.approx(ours, abs=1e-6)
+
+
+def test_imported_siglip2_fine_tunes(gemma, tmp_path):
+    # the Gemma tokenizer (pad 0 != EOS) through train.py --init, and the label carried on
+    import train
+    siglip2_hf_dir(gemma, tmp_path / "hf")
+    ckpt = str(tmp_path / "s2.pt")
+    convert.import_checkpoint(str(tmp_path / "hf"), "hf", ckpt)
+    train.main(train.Config(init=ckpt, out_dir=str(tmp_path / "run"), steps=2, batch_size=4, world_scenes=16,
+                            log_every=1, eval_scenes=12, device="cpu"))
+    tuned = load_checkpoint(str(tmp_path / "run" / "ckpt.pt"))
+    assert tuned["tokenizer"]["kind"] == "gemma" and tuned["config"]["model"].startswith("siglip2-custom-")
+    assert tuned["config"]["model"] == load_checkpoint(ckpt)["config"]["model"]
