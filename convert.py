@@ -555,8 +555,15 @@ def openclip_config(cfg, arch, clean):
                 norm_kwargs={"eps": cfg.ln_eps})
     if cfg.text_act == "gelu_tanh":
         text["act_kwargs"] = {"approximate": "tanh"}
-    vision = dict(image_size=cfg.image_size, timm_model_name=f"vit_{size}_patch{cfg.patch_size}_siglip_{cfg.image_size}",
-                  timm_model_pretrained=False, timm_pool="map", timm_proj="none")
+    name = f"vit_{size}_patch{cfg.patch_size}_siglip_{cfg.image_size}"
+    try:
+        import timm
+        if not timm.list_models(name):
+            return None  # e.g. a resolution timm has no SigLIP model for
+    except ImportError:
+        pass  # written anyway; OpenCLIP needs timm to read it
+    vision = dict(image_size=cfg.image_size, timm_model_name=name, timm_model_pretrained=False, timm_pool="map",
+                  timm_proj="none")
     model_cfg = dict(embed_dim=cfg.embed_dim, init_logit_bias=-10, custom_text=True, vision_cfg=vision, text_cfg=text)
     # SigLIP's preprocessing: squash-resize, mean = std = 0.5
     preprocess = dict(mean=[0.5, 0.5, 0.5], std=[0.5, 0.5, 0.5], interpolation="bicubic", resize_mode="squash")

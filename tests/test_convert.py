@@ -303,6 +303,8 @@ def test_cli(spiece, tmp_path):
     assert not os.path.exists(tmp_path / "d.pt")
     with pytest.raises(SystemExit, match="bad argument"):
         convert.main(["export", "--ckpt=x.pt", "--format=hf", "--bogus=1"])
+    with pytest.raises(SystemExit, match="error: --arch=siglip3: expected siglip or siglip2$"):
+        convert.main(["import", f"--src={tmp_path / 'hf'}", "--format=hf", "--out=x.pt", "--arch=siglip3"])
     with pytest.raises(SystemExit, match="missing --out"):
         convert.main(["export", "--ckpt=x.pt", "--format=hf"])
 
@@ -723,3 +725,26 @@ def test_imported_siglip2_fine_tunes(gemma, tmp_path):
     tuned = load_checkpoint(str(tmp_path / "run" / "ckpt.pt"))
     assert tuned["tokenizer"]["kind"] == "gemma" and tuned["config"]["model"].startswith("siglip2-custom-")
     assert tuned["config"]["model"] == load_checkpoint(ckpt)["config"]["model"]
+
+
+def test_siglip_openclip_export_loads_in_openclip(spiece, tmp_path, monkeypatch):
+    # SigLIP (T5 tokenizer, pad = EOS): the exported folder's tokenizer and model agree with ours in OpenCLIP
+    open_clip = pytest.importorskip("open_clip", reason="open_clip not installed: OpenCLIP load of the export skipped")
+    timm = pytest.importorskip("timm")
+    monkeypatch.setitem(convert.TIMM_SIZES, (32, 2), "c2liptest")
+    monkeypatch.setitem(convert.SIGLIP_HEADS, 32, 2)
+    register_tiny_timm_siglip(timm)
+    ours = our_model(hf_model(vocab_of(spiece), act="gelu"))
+    torch.save(convert.to_openclip(ours.state_dict()), tmp_path / "w.bin")
+    convert.import_checkpoint(str(tmp_path / "w.bin"), "openclip", str(tmp_path / "c.pt"), spiece, 2, 2)
+    convert.export_checkpoint(str(tmp_path / "c.pt"), "openclip", str(tmp_path / "out"))
+    ref = open_clip.create_model(f"local-dir:{tmp_path / 'out'}").eval()
+    ref_tok = open_clip.get_tokenizer(f"local-dir:{tmp_path / 'out'}")
+    model, tok = model_from_checkpoint(load_checkpoint(str(tmp_path / "c.pt")))
+    assert torch.equal(ref_tok(TEXTS), tok.encode(TEXTS))
+    images, _ = inputs(vocab_of(spiece))
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval().encode_image(images)[0], ref.encode_image(images, normalize=True),
+                                   atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(model.encode_text(tok.encode(TEXTS)),
+                                   ref.encode_text(ref_tok(TEXTS), normalize=True), atol=1e-5, rtol=1e-5)
