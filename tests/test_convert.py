@@ -148,7 +148,7 @@ def test_import_export_files_and_from_pretrained(spiece, tmp_path):
 # OpenCLIP layout
 
 
-def test_openclip_names_are_method_1_2():
+def test_openclip_names_are_the_documented_list():
     hf = hf_model(60)
     oc = convert.to_openclip(our_model(hf).state_dict())
     blocks = ["norm1.weight", "norm1.bias", "attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight", "attn.proj.bias",
@@ -350,7 +350,7 @@ def test_full_size_names_and_shapes(name, text, vision):
     want = ModelConfig(**{**asdict(cfg), "vision_act": "gelu", "text_act": "gelu"})  # OpenCLIP's SigLIP: exact GELU
     assert convert.model_config_from_openclip(oc) == ModelConfig(**{**asdict(want), "image_size": grid_pixels})
     assert convert.model_config_from_openclip(oc, image_size=cfg.image_size) == want
-    if name == "B/16":  # METHOD.md 1.2
+    if name == "B/16":  # the shapes the README and METHOD.md state for SigLIP B/16
         assert oc["visual.trunk.pos_embed"].shape == (1, 196, 768)
         assert oc["text.positional_embedding"].shape == (64, 768)
         assert oc["text.transformer.resblocks.0.attn.in_proj_weight"].shape == (2304, 768)
