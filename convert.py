@@ -455,7 +455,8 @@ def load_foreign(src, fmt, heads=0, text_heads=0, image_size=0, evidence=()):
             raise MissingFileError(f"no config.json in {src}")
         cfg = model_config_from_hf(hf, os.path.join(src, "config.json"))
         tok_cfg = _read_json(os.path.join(src, "tokenizer_config.json")) or {}
-        evidence.append(("tokenizer_config.json's tokenizer_class", HF_TOKENIZER_ARCH.get(tok_cfg.get("tokenizer_class"))))
+        tok_class = tok_cfg.get("tokenizer_class")
+        evidence.append(("tokenizer_config.json's tokenizer_class", HF_TOKENIZER_ARCH.get(tok_class)))
         evidence.append((f"the vocabulary size {cfg.vocab_size}", RELEASED_VOCABS.get(cfg.vocab_size)))
         arch = resolve_arch(evidence, src) if any(a for _, a in evidence) else "siglip"
         sd, clean = from_hf(read_hf_weights(src), cfg), "lower"  # transformers' Siglip2Tokenizer lowercases only
@@ -489,7 +490,8 @@ def load_foreign(src, fmt, heads=0, text_heads=0, image_size=0, evidence=()):
     return {k: v.float() for k, v in sd.items()}, cfg, arch, clean  # fp32 master weights, whatever the file's dtype
 
 
-TOKENIZER_FILES = ("spiece.model", "tokenizer.model", "gemma_tokenizer.model")  # SigLIP's, SigLIP 2's (HF), big_vision's
+# SigLIP's, SigLIP 2's (HF folders), big_vision's name for SigLIP 2's
+TOKENIZER_FILES = ("spiece.model", "tokenizer.model", "gemma_tokenizer.model")
 
 
 def find_tokenizer(src, tokenizer):

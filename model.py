@@ -46,7 +46,7 @@ class ModelConfig:
     embed_dim: int = 128       # joint space; must equal width (no projection after the MAP head)
     mlp_ratio: float = 4.0     # MLP hidden = round(width * mlp_ratio), both towers and the MAP head
     ln_eps: float = 1e-6
-    vision_act: str = "gelu"   # image tower and MAP head: "gelu" (exact erf: timm/OpenCLIP) or "gelu_tanh" (HF, big_vision)
+    vision_act: str = "gelu"   # image tower and MAP head: "gelu" (exact: timm/OpenCLIP) or "gelu_tanh" (HF, big_vision)
     text_act: str = "gelu"     # text tower; OpenCLIP's SigLIP 2 pairs gelu_tanh here with gelu in the image tower
     act: str = ""              # old checkpoints' one activation for both towers; when set, it sets the two above
     init_logit_scale: float = math.log(10.0)

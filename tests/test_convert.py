@@ -555,7 +555,8 @@ def test_generation_mismatch_refused(gemma, tmp_path):
     (tmp_path / "oc" / "open_clip_config.json").write_text(
         '{"model_cfg": {"text_cfg": {"hf_tokenizer_name": "timm/ViT-B-16-SigLIP2"}}}')
     one_line_error(lambda: convert.import_checkpoint(str(tmp_path / "oc"), "openclip", str(tmp_path / "x.pt"),
-                                                     t5, 2, 2), "SigLIP but open_clip_config.json's hf_tokenizer_name says SigLIP 2")
+                                                     t5, 2, 2),
+                   "SigLIP but open_clip_config.json's hf_tokenizer_name says SigLIP 2")
     # SigLIP weights in an HF folder offered as SigLIP 2 (flag), or with a Gemma tokenizer_config
     hf_model(vocab_of(t5)).save_pretrained(tmp_path / "s1")
     one_line_error(lambda: convert.import_checkpoint(str(tmp_path / "s1"), "hf", str(tmp_path / "x.pt"), t5,
@@ -583,14 +584,14 @@ def test_unrepresentable_facts_refused(gemma, tmp_path):
                    "projection_size")
     good = json_of_openclip_config()
     assert convert.check_openclip_config(good, "c.json") == ("gelu", "gelu_tanh", "canonicalize", 12)
-    for field, change, where in [("timm_model_name", ("vision_cfg", "timm_model_name", "vit_base_patch16_siglip_gap_224"), "timm_model_name"),
-                                 ("pool", ("vision_cfg", "timm_pool", "avg"), "vision_cfg.timm_pool"),
-                                 ("text pool", ("text_cfg", "pool_type", "argmax"), "text_cfg.pool_type"),
-                                 ("mask", ("text_cfg", "no_causal_mask", False), "text_cfg.no_causal_mask"),
-                                 ("eps", ("text_cfg", "norm_kwargs", {"eps": 1e-5}), "text_cfg.norm_kwargs.eps"),
-                                 ("act", ("text_cfg", "act_kwargs", {"approximate": "sigmoid"}), "act_kwargs")]:
+    for part, key, value, where in [("vision_cfg", "timm_model_name", "vit_base_patch16_siglip_gap_224", "timm_model"),
+                                    ("vision_cfg", "timm_pool", "avg", "vision_cfg.timm_pool"),
+                                    ("text_cfg", "pool_type", "argmax", "text_cfg.pool_type"),
+                                    ("text_cfg", "no_causal_mask", False, "text_cfg.no_causal_mask"),
+                                    ("text_cfg", "norm_kwargs", {"eps": 1e-5}, "text_cfg.norm_kwargs.eps"),
+                                    ("text_cfg", "act_kwargs", {"approximate": "sigmoid"}, "act_kwargs")]:
         bad = json_of_openclip_config()
-        bad[change[0]][change[1]] = change[2]
+        bad[part][key] = value
         one_line_error(lambda: convert.check_openclip_config(bad, "c.json"), where)
     _, oc = siglip2_openclip_state(gemma)
     one_line_error(lambda: convert.model_config_from_openclip({**oc, "visual.trunk.cls_token": torch.zeros(1)}, 2, 2),
@@ -600,8 +601,8 @@ def test_unrepresentable_facts_refused(gemma, tmp_path):
 def json_of_openclip_config():
     import json as _json
     return _json.loads('''{"embed_dim": 768, "init_logit_bias": -10, "custom_text": true,
-      "vision_cfg": {"image_size": 224, "timm_model_name": "vit_base_patch16_siglip_224", "timm_model_pretrained": false,
-                     "timm_pool": "map", "timm_proj": "none"},
+      "vision_cfg": {"image_size": 224, "timm_model_name": "vit_base_patch16_siglip_224",
+                     "timm_model_pretrained": false, "timm_pool": "map", "timm_proj": "none"},
       "text_cfg": {"context_length": 64, "vocab_size": 256000, "hf_tokenizer_name": "timm/ViT-B-16-SigLIP2",
                    "tokenizer_kwargs": {"clean": "canonicalize"}, "width": 768, "heads": 12, "layers": 12,
                    "no_causal_mask": true, "proj_bias": true, "pool_type": "last", "norm_kwargs": {"eps": 1e-6},

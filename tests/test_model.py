@@ -108,4 +108,5 @@ def test_preset_name():
     from model import PRESETS, preset_name
     for name in PRESETS:
         assert preset_name(model_config(name, vocab_size=7, text_act="gelu_tanh", ln_eps=1e-5)) == name
-    assert preset_name(model_config("B/16", context_length=77)).startswith("custom-vit768x12h12-p16@224-text768x12h12-ctx77")
+    label = preset_name(model_config("B/16", context_length=77))
+    assert label.startswith("custom-vit768x12h12-p16@224-text768x12h12-ctx77")
