@@ -726,6 +726,11 @@ def test_imported_siglip2_fine_tunes(gemma, tmp_path):
     tuned = load_checkpoint(str(tmp_path / "run" / "ckpt.pt"))
     assert tuned["tokenizer"]["kind"] == "gemma" and tuned["config"]["model"].startswith("siglip2-custom-")
     assert tuned["config"]["model"] == load_checkpoint(ckpt)["config"]["model"]
+    # a restart that leaves out --init resumes under the same label
+    train.main(train.Config(out_dir=str(tmp_path / "run"), resume=True, steps=3, batch_size=4, world_scenes=16,
+                            log_every=1, eval=False, device="cpu"))
+    resumed = load_checkpoint(str(tmp_path / "run" / "ckpt.pt"))
+    assert resumed["step"] == 3 and resumed["config"]["model"] == tuned["config"]["model"]
 
 
 def test_siglip_openclip_export_loads_in_openclip(spiece, tmp_path, monkeypatch):
