@@ -47,10 +47,11 @@ import math
 import os
 import re
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 
 import torch
 
+import cli
 from cli import MissingFileError, UsageError
 from model import (DualEncoder, GemmaTokenizer, ModelConfig, SentencePieceTokenizer, preset_name,
                    tokenizer_from_state_dict)
@@ -104,7 +105,7 @@ def _safetensors():
         import safetensors.torch
         return safetensors.torch
     except ImportError:
-        raise ImportError("reading or writing .safetensors needs: pip install safetensors") from None
+        raise UsageError("reading or writing .safetensors needs the safetensors package: pip install safetensors") from None
 
 
 def read_tensor_file(path):
@@ -628,45 +629,59 @@ def export_checkpoint(ckpt_path, fmt, out_dir):
 # command line
 
 
-USAGE = """usage:
-  python convert.py import --src=DIR_OR_FILE --format=hf|openclip --out=ckpt.pt [--tokenizer=spiece.model]
-                           [--arch=siglip|siglip2]      (checked against the tokenizer and the files)
-                           [--heads=N --text_heads=N]   (openclip: widths outside the released sizes)
-                           [--image_size=N]             (openclip: when the patch grid leaves pixels over)
-  python convert.py export --ckpt=ckpt.pt --format=hf|openclip --out=DIR"""
+@dataclass
+class ImportConfig:
+    src: str = ""                    # HF model directory, or an OpenCLIP weights file (.bin/.safetensors); required
+    format: str = ""                 # hf | openclip; required
+    out: str = ""                    # the checkpoint to write (ckpt.pt); required
+    tokenizer: str = ""              # SentencePiece model (default: spiece.model / tokenizer.model beside --src)
+    arch: str = ""                   # siglip | siglip2 (optional; checked against the tokenizer and the files)
+    heads: int = 0                   # openclip: image-tower heads, for widths outside the released sizes
+    text_heads: int = 0              # openclip: text-tower heads, likewise
+    image_size: int = 0              # openclip: when the patch grid leaves pixels over
+
+
+@dataclass
+class ExportConfig:
+    ckpt: str = ""                   # a checkpoint of this project; required
+    format: str = ""                 # hf | openclip; required
+    out: str = ""                    # the folder to write; required
+
+
+def required(cfg, *names):
+    missing = [n for n in names if not getattr(cfg, n)]
+    if missing:
+        raise UsageError(f"missing {', '.join('--' + n for n in missing)}; see --help")
+
+
+def import_main(cfg):
+    required(cfg, "src", "format", "out")
+    torch.set_num_threads(1)
+    try:
+        model, tok = import_checkpoint(cfg.src, cfg.format, cfg.out, cfg.tokenizer, cfg.heads, cfg.text_heads,
+                                       cfg.image_size, cfg.arch)
+    except ImportError as e:  # sentencepiece is only needed here
+        raise UsageError(f"{e}; the converter needs: pip install sentencepiece safetensors") from None
+    print(f"wrote {cfg.out}: {model.num_params() / 1e6:.2f}M parameters, "
+          f"t = {model.logit_scale.exp().item():.3f}, b = {model.logit_bias.item():.3f}, "
+          f"vocab {tok.vocab_size}, context {tok.context_length}")
+    print("config:", json.dumps(asdict(model.cfg)))
+    print("label:", model_label(model.cfg, "siglip2" if isinstance(tok, GemmaTokenizer) else "siglip"))
+
+
+def export_main(cfg):
+    required(cfg, "ckpt", "format", "out")
+    torch.set_num_threads(1)
+    export_checkpoint(cfg.ckpt, cfg.format, cfg.out)
+    print(f"wrote {cfg.format} layout to {cfg.out}")
+
+
+COMMANDS = {"import": (import_main, ImportConfig, "a SigLIP / SigLIP 2 checkpoint (HF or OpenCLIP layout) -> ckpt.pt"),
+            "export": (export_main, ExportConfig, "ckpt.pt -> the HF or OpenCLIP layout")}
 
 
 def main(argv):
-    if not argv or argv[0] not in ("import", "export"):
-        sys.exit(USAGE)
-    known = {"import": {"src", "format", "out", "tokenizer", "heads", "text_heads", "image_size", "arch"},
-             "export": {"ckpt", "format", "out"}}[argv[0]]
-    opts = {}
-    for arg in argv[1:]:
-        key, eq, value = arg.lstrip("-").partition("=")
-        if not arg.startswith("--") or not eq or key not in known:
-            sys.exit(f"error: bad argument {arg!r}\n{USAGE}")
-        opts[key] = value
-    required = {"import": ("src", "format", "out"), "export": ("ckpt", "format", "out")}[argv[0]]
-    missing = [k for k in required if k not in opts]
-    if missing:
-        sys.exit(f"error: missing {', '.join('--' + k for k in missing)}\n{USAGE}")
-    torch.set_num_threads(1)
-    try:
-        if argv[0] == "import":
-            model, tok = import_checkpoint(opts["src"], opts["format"], opts["out"], opts.get("tokenizer", ""),
-                                           int(opts.get("heads", 0)), int(opts.get("text_heads", 0)),
-                                           int(opts.get("image_size", 0)), opts.get("arch", ""))
-            print(f"wrote {opts['out']}: {model.num_params() / 1e6:.2f}M parameters, "
-                  f"t = {model.logit_scale.exp().item():.3f}, b = {model.logit_bias.item():.3f}, "
-                  f"vocab {tok.vocab_size}, context {tok.context_length}")
-            print("config:", json.dumps(asdict(model.cfg)))
-            print("label:", model_label(model.cfg, "siglip2" if isinstance(tok, GemmaTokenizer) else "siglip"))
-        else:
-            export_checkpoint(opts["ckpt"], opts["format"], opts["out"])
-            print(f"wrote {opts['format']} layout to {opts['out']}")
-    except (ValueError, KeyError, FileNotFoundError, ImportError) as e:
-        sys.exit(f"error: {e}")
+    cli.run_command(COMMANDS, doc=__doc__, argv=argv)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from cli import UsageError
+
 # -----------------------------------------------------------------------------
 # config and size presets
 
@@ -170,10 +172,10 @@ class SentencePieceTokenizer:
         try:
             self.sp = spm.SentencePieceProcessor(model_proto=self.proto)
         except Exception as e:
-            raise ValueError(f"not a valid SentencePiece model ({len(self.proto)} bytes): {e}") from None
+            raise UsageError(f"not a valid SentencePiece model ({len(self.proto)} bytes): {e}") from None
         self.EOS = self.PAD = self.sp.eos_id()
         if self.EOS < 0:
-            raise ValueError("this SentencePiece model defines no EOS piece")
+            raise UsageError("this SentencePiece model defines no EOS piece")
         self.context_length = context_length
 
     @classmethod
@@ -234,7 +236,7 @@ class GemmaTokenizer(SentencePieceTokenizer):
         super().__init__(model_proto, context_length)
         found = {"pad": self.sp.pad_id(), "eos": self.sp.eos_id(), "bos": self.sp.bos_id(), "unk": self.sp.unk_id()}
         if found != self.IDS:
-            raise ValueError(f"not a Gemma SentencePiece model: special ids {found}, expected {self.IDS}")
+            raise UsageError(f"not a Gemma SentencePiece model: special ids {found}, expected {self.IDS}")
         if clean not in GEMMA_CLEAN:
             raise ValueError(f"unknown text cleaning {clean!r}; known: {', '.join(GEMMA_CLEAN)}")
         self.PAD, self.EOS, self.clean_mode = self.IDS["pad"], self.IDS["eos"], clean
@@ -254,7 +256,7 @@ def tokenizer_from_state_dict(state):
     """rebuild whichever tokenizer a checkpoint carries"""
     kinds = {"word": WordTokenizer, "sentencepiece": SentencePieceTokenizer, "gemma": GemmaTokenizer}
     if state.get("kind") not in kinds:
-        raise ValueError(f"unknown tokenizer kind {state.get('kind')!r} in checkpoint")
+        raise UsageError(f"unknown tokenizer kind {state.get('kind')!r} in checkpoint")
     return kinds[state["kind"]].from_state_dict(state)
 
 # -----------------------------------------------------------------------------
