@@ -467,6 +467,8 @@ def load_start(cfg, log):
     ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
     resume_ckpt = load_checkpoint(ckpt_path) if cfg.resume and os.path.exists(ckpt_path) else None
     init_ckpt = resume_ckpt or (load_checkpoint(cfg.init) if cfg.init else None)
+    if init_ckpt is not None and (cfg.init or init_ckpt["config"].get("init")):  # the label travels on
+        cfg.model = init_ckpt["config"].get("model", cfg.model)  # ("siglip2-B/16", not the default "tiny")
     if resume_ckpt is not None:
         check_resume_config(resume_ckpt["config"], cfg, ckpt_path)
     if init_ckpt is not None:
