@@ -414,7 +414,10 @@ def make_loader(dataset, batch_size, collate, rank=0, world_size=1, seed=0, work
     sampler = ResumableSampler(dataset, num_replicas=world_size, rank=rank,
                                                   shuffle=shuffle, seed=seed, drop_last=True)
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate,
-                                       num_workers=workers, drop_last=True, persistent_workers=workers > 0)
+                                       num_workers=workers, drop_last=True,
+                                       # not persistent: workers started per epoch copy the dataset then, with
+                                       # the epoch the loop just set (persistent ones would crop as in epoch 0)
+                                       persistent_workers=False)
 
 
 def export_world(root, n_scenes=1000, seed=0, image_size=32):
