@@ -646,15 +646,29 @@ def _pool_map(fn, items, workers, desc):
                          disable=quiet))
 
 
-def write_concept_cache(path, captions, concepts):
+def write_concept_cache(path, captions, concepts, keys=None):
+    """one JSON line a record: {"i", "caption", "concepts"}, or {"key", "caption", "concepts"} for shards"""
     with open(path, "w", encoding="utf-8") as f:
         for i, (c, cs) in enumerate(zip(captions, concepts)):
-            f.write(json.dumps({"i": i, "caption": c, "concepts": cs}, ensure_ascii=False) + "\n")
+            head = {"key": keys[i]} if keys is not None else {"i": i}
+            f.write(json.dumps({**head, "caption": c, "concepts": cs}, ensure_ascii=False) + "\n")
 
 
-def load_concept_cache(path, captions):
-    """Concept lists from a cache written by `concepts.py extract`, checked against the data's captions:
-    record count, index and caption text must match, or ValueError names the file and line."""
+def _check_concepts(cs, where):
+    if not isinstance(cs, list) or not cs or not all(isinstance(c, str) for c in cs):
+        raise UsageError(f"{where}: \"concepts\" must be a non-empty list of strings")
+    return cs
+
+
+def load_concept_cache(path, captions, keys=None):
+    """Concept lists from a cache written by `concepts.py extract`, checked against the data's captions.
+
+    keys=None (JSONL/CSV data): record count, index and caption text must match, line by line.
+    keys given (shards): records are joined by sample key, in any order; a key of the data that the cache
+    lacks, a cache that matches none of the data, or a caption that differs is a UsageError naming it.
+    """
+    if keys is not None:
+        return _load_keyed_cache(path, captions, keys)
     out = []
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, start=1):
@@ -669,21 +683,50 @@ def load_concept_cache(path, captions):
                 raise UsageError(f"{path}:{n}: expected a record with \"i\": {i}")
             if rec.get("caption") != captions[i]:
                 raise UsageError(f"{path}:{n}: cached caption {rec.get('caption')!r} != data caption {captions[i]!r}")
-            cs = rec.get("concepts")
-            if not isinstance(cs, list) or not cs or not all(isinstance(c, str) for c in cs):
-                raise UsageError(f"{path}:{n}: \"concepts\" must be a non-empty list of strings")
-            out.append(cs)
+            out.append(_check_concepts(rec.get("concepts"), f"{path}:{n}"))
     if len(out) != len(captions):
         raise UsageError(f"{path}: {len(out)} records but the data has {len(captions)} captions")
     return out
 
 
+def _load_keyed_cache(path, captions, keys):
+    by_key = {}
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise UsageError(f"{path}:{n}: bad JSON line ({err})") from None
+            if not isinstance(rec, dict) or not isinstance(rec.get("key"), str):
+                raise UsageError(f"{path}:{n}: no \"key\" (a cache for shards is keyed by sample key); "
+                                 f"write it with python concepts.py extract --data=<the shards>")
+            by_key[rec["key"]] = (n, rec)
+    if not any(k in by_key for k in keys):
+        raise UsageError(f"{path}: none of its {len(by_key)} keys is a sample key of the data; "
+                         f"it was written for other shards")
+    out = []
+    for key, caption in zip(keys, captions):
+        if key not in by_key:
+            raise UsageError(f"{path}: no record for sample key {key!r}; re-run python concepts.py extract on these shards")
+        n, rec = by_key[key]
+        if rec.get("caption") != caption:
+            raise UsageError(f"{path}:{n}: key {key!r}: cached caption {rec.get('caption')!r} != data caption {caption!r}")
+        out.append(_check_concepts(rec.get("concepts"), f"{path}:{n}"))
+    return out
+
+
 def _image_id(rec, i):
-    """The record's image id: image_id / image / image_path / filepath, else its index; digits -> int."""
-    for key in ("image_id", "image", "image_path", "filepath"):
-        v = rec.get(key)
-        if v is not None and v != "":
-            return int(v) if isinstance(v, str) and v.isdigit() else v
+    """The record's integer image id, which the official DeGLA reader turns into a COCO file name: an
+    image_id field (int or digits), else the COCO id in its image path or URL, else the record index."""
+    from shards import coco_image_id
+    v = rec.get("image_id")
+    if isinstance(v, int) or (isinstance(v, str) and v.strip().isdigit()):
+        return int(v)
+    for key in ("image", "image_path", "filepath", "file_name", "url"):
+        if isinstance(rec.get(key), str) and coco_image_id(rec[key]) is not None:
+            return coco_image_id(rec[key])
     return i
 
 
@@ -733,9 +776,10 @@ def main(argv=None):
     ex = sub.add_parser("extract", help="write a concept cache (JSONL) for a caption file")
     ng = sub.add_parser("negatives", help="write hard negatives in the official DeGLA schema")
     for p in (ex, ng):
-        p.add_argument("--data", required=True, help="JSONL or CSV with a caption column")
+        p.add_argument("--data", required=True, help="JSONL or CSV with a caption column, or WebDataset shards "
+                       "(a brace pattern, a folder or a .txt list; caption from {key}.txt or a field of {key}.json)")
         p.add_argument("--out", required=True)
-        p.add_argument("--workers", type=int, default=1)
+        p.add_argument("--workers", type=int, default=1, help="processes (indexing shards, then captions)")
         p.add_argument("--caption-key", default="caption")
     ng.add_argument("--k", type=int, default=4)
     ng.add_argument("--seed", type=int, default=0)
@@ -750,14 +794,14 @@ def main(argv=None):
               f"recall {s['recall']:.3f} f1 {s['f1']:.3f} exact {s['exact']:.3f}")
         return
 
-    records = read_records(args.data, args.caption_key)
+    records, keys = _read_source(args.data, args.caption_key, args.out, args.workers)
     captions = [r[args.caption_key] for r in records]
     print(f"tagger {tagger_name()} | {len(captions)} captions from {args.data}", file=sys.stderr)
     t0 = time.perf_counter()
     if args.cmd == "extract":
         concepts = _pool_map(extract_concepts, captions, args.workers, "concepts")
         dt = time.perf_counter() - t0
-        write_concept_cache(args.out, captions, concepts)
+        write_concept_cache(args.out, captions, concepts, keys)
         mean = sum(map(len, concepts)) / max(len(concepts), 1)
         print(f"tagger {tagger_name()} | {len(captions) / max(dt, 1e-9):.0f} captions/s with {args.workers} "
               f"worker(s) | {mean:.2f} concepts per caption | wrote {args.out}")
@@ -765,14 +809,30 @@ def main(argv=None):
         jobs = [(c, args.k, args.seed) for c in captions]
         negs = _pool_map(_negatives_job, jobs, args.workers, "negatives")
         dt = time.perf_counter() - t0
-        # METHOD 3.5: a caption that cannot give k distinct negatives is dropped from the file
-        out = [{"image_id": _image_id(r, i), "original": c, "enhanced": n}
+        # METHOD 3.5: a caption that cannot give k distinct negatives is dropped from the file; shards add
+        # the sample key, by which training joins the file (the official reader ignores the extra field)
+        out = [{"image_id": _image_id(r, i), **({"key": keys[i]} if keys else {}), "original": c, "enhanced": n}
                for i, (r, c, n) in enumerate(zip(records, captions, negs)) if len(n) >= args.k]
         with open(args.out, "w", encoding="utf-8") as f:
             json.dump(out, f, ensure_ascii=False)
         print(f"tagger {tagger_name()} | {len(captions) / max(dt, 1e-9):.0f} captions/s with {args.workers} "
               f"worker(s) | {len(out)} records written, {len(captions) - len(out)} dropped (< {args.k} "
               f"distinct negatives) | wrote {args.out}")
+
+
+def _read_source(spec, caption_key, out, workers):
+    """(records [{caption_key: caption, "image_id"?}], sample keys or None) of a JSONL/CSV file or of shards"""
+    import shards
+    if not shards.is_shards(spec):
+        return read_records(spec, caption_key), None
+    # shards: the cached index (built here in parallel over shards if missing) holds captions and keys;
+    # bad samples are left out, as training leaves them out
+    index = shards.load_index(spec, caption_key, os.path.dirname(os.path.abspath(out)), workers)
+    if index.problems:
+        print(f"{len(index.problems)} bad samples or shards left out (first: {index.problems[0]})", file=sys.stderr)
+    records = [{caption_key: c, **({"image_id": iid} if iid is not None else {})}
+               for c, iid in zip(index.captions, index.image_ids)]
+    return records, index.keys
 
 
 if __name__ == "__main__":
