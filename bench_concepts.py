@@ -82,7 +82,8 @@ def main(cfg):
     except ValueError:
         workers = []
     if not workers or min(workers) < 1 or cfg.n < 1:
-        raise UsageError(f"--workers={cfg.workers!r} --n={cfg.n}: expected positive counts, e.g. --workers=1,2 --n=5000")
+        raise UsageError(f"--workers={cfg.workers!r} --n={cfg.n}: expected positive counts, "
+                         f"e.g. --workers=1,2 --n=5000")
     sets = {"world": world_captions(cfg.n), "gold": gold_captions(cfg.n)}
     print(f"tagger {C.tagger_name()} | one process | {cfg.n} captions per set | captions/s (per CPU-second)")
     for name, caps in sets.items():

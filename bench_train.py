@@ -436,8 +436,10 @@ def print_table(out):
         print(f"{k:9s} FLOPs per step {f['total'] / 1e9:,.1f} G (model fwd {f['model_fwd'] / 1e9:,.1f}, "
               f"bwd {f['model_bwd'] / 1e9:,.1f}; losses fwd+bwd {(f['loss_fwd'] + f['loss_bwd']) / 1e9:,.2f}; "
               f"teacher fwd {f['teacher_fwd'] / 1e9:,.1f})")
-    print(f"peak: {out['peak_flop_s'] / 1e9:,.1f} GFLOP/s ({out['dtype']} {out['peak_matmul_size']}^3 matmul, best of 5)")
-    print(f"{'':9s} {'params':>9s} {'step ms min':>12s} {'median':>9s} {'img/s':>8s} {'GFLOP/s':>9s} {'MFU':>6s} {'peak MiB':>9s}")
+    print(f"peak: {out['peak_flop_s'] / 1e9:,.1f} GFLOP/s "
+          f"({out['dtype']} {out['peak_matmul_size']}^3 matmul, best of 5)")
+    print(f"{'':9s} {'params':>9s} {'step ms min':>12s} {'median':>9s} {'img/s':>8s} {'GFLOP/s':>9s} {'MFU':>6s} "
+          f"{'peak MiB':>9s}")
     for k, r in out["results"].items():
         mfu, gf = f"{100 * r['mfu']:5.1f}%", f"{r['flop_s'] / 1e9:9.1f}"
         mem = f"{r['peak_mem_bytes'] / 2 ** 20:9.0f}" if r.get("peak_mem_bytes") is not None else f"{'-':>9s}"

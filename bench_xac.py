@@ -162,7 +162,8 @@ def main(a):
         dtype = "float32"
     shapes = parse_shapes(a.shapes) if a.shapes else shapes
     if not a.json:
-        print(f"{'B':>5} {'N':>5} {'T':>4} {'d':>4}  {'method':8} {'chunk':>5} {'ms min':>10} {'median':>10} {'peak MiB':>9}")
+        print(f"{'B':>5} {'N':>5} {'T':>4} {'d':>4}  {'method':8} {'chunk':>5} {'ms min':>10} {'median':>10} "
+              f"{'peak MiB':>9}")
     for B, N, T, d in shapes:
         for method in methods:
             if method.startswith("loop") and B * N > a.max_loop and a.device == "cpu":
