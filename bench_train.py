@@ -376,6 +376,7 @@ def run(bcfg):
     if bcfg.compare == "openclip":
         try:
             import open_clip  # noqa: F401
+            import timm  # noqa: F401 (open_clip builds ViT-B-16-SigLIP's image tower with it)
             which.append("openclip")
         except ImportError:
             skipped = "open_clip is not installed (pip install open-clip-torch timm): OpenCLIP comparison skipped"
