@@ -3,8 +3,8 @@ Concepts (noun phrases) for C2LIP and rule-based hard negatives for DeGLA, offli
 
 C2LIP (arXiv 2603.25722, METHOD 2.1) aligns each noun phrase of a caption with the image. We extract the
 phrases with a Penn-Treebank tagger and a regular chunk grammar (nltk.RegexpParser's notation and matching)
-instead of the official LLM prompt. DeGLA (arXiv 2504.16801, METHOD 3.5) trains on LLM-written hard negatives; we write
-them with five small rules over the same tagger and chunks, in the official file schema.
+instead of the official LLM prompt. DeGLA (arXiv 2504.16801, METHOD 3.5) trains on LLM-written hard
+negatives; we write them with five small rules over the same tagger and chunks, in the official file schema.
 
 Concept rules (extract_concepts):
 - a concept is a chunk of GRAMMAR: determiners, possessive pronouns and numbers are kept ("a red dress",
