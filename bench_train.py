@@ -450,7 +450,8 @@ def print_table(out):
         print(f"step time {name}: median {r['median']:.3f}, min {r['min']:.3f} ({c['steps']} alternating steps each)")
     if out["skipped"]:
         print(out["skipped"])
-    print(f"memory: {out['memory_method']}")
+    if c["memory"]:
+        print(f"memory: {out['memory_method']}")
 
 
 def main(bcfg):
