@@ -591,10 +591,12 @@ def read_records(path, caption_key="caption"):
 def _pool_map(fn, items, workers, desc):
     from tqdm import tqdm
     chunksize = max(1, min(512, len(items) // (8 * max(workers, 1)) or 1))
+    quiet = not sys.stderr.isatty()  # a bar redirected to a log file is one endless line
     if workers <= 1:
-        return [fn(x) for x in tqdm(items, desc=desc, mininterval=1.0)]
+        return [fn(x) for x in tqdm(items, desc=desc, mininterval=1.0, disable=quiet)]
     with Pool(workers) as pool:  # imap keeps the input order
-        return list(tqdm(pool.imap(fn, items, chunksize=chunksize), total=len(items), desc=desc, mininterval=1.0))
+        return list(tqdm(pool.imap(fn, items, chunksize=chunksize), total=len(items), desc=desc, mininterval=1.0,
+                         disable=quiet))
 
 
 def write_concept_cache(path, captions, concepts):

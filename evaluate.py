@@ -2,7 +2,7 @@
 Evaluate a checkpoint on the compositionality benchmarks, zero-shot classification and retrieval, each
 read from its official local files and scored by its official protocol (../shared/METHOD.md section 4).
 
-    python evaluate.py --ckpt=runs/default/ckpt.pt --task=world                # built-in world, held-out scenes
+    python evaluate.py --ckpt=runs/siglip/ckpt.pt --task=world                # built-in world, held-out scenes
     python evaluate.py --ckpt=runs/c2lip/ckpt.pt --task=sugarcrepe --root=/data/bench
     python evaluate.py --ckpt=runs/c2lip/ckpt.pt --task=all --root=/data/bench --out=results/
 
@@ -43,7 +43,9 @@ import math
 import os
 import random
 import re
+import sys
 import tempfile
+import time
 from dataclasses import dataclass
 
 import torch
@@ -222,7 +224,8 @@ class Encoder:
     def __init__(self, model, tokenizer, device="cpu", batch_size=256, workers=0, progress=True):
         self.model, self.tokenizer, self.device = model.eval(), tokenizer, device
         self.image_size = model.cfg.image_size
-        self.batch_size, self.workers, self.progress = batch_size, workers, progress
+        # bars only on a terminal: redirected to a file they would be one endless line
+        self.batch_size, self.workers, self.progress = batch_size, workers, progress and sys.stderr.isatty()
         self.image_cache, self.text_cache = {}, {}
 
     @torch.no_grad()
@@ -829,7 +832,10 @@ def run_benchmarks(enc, root, tasks, **options):
         if len(tasks) > 1 and not found(task, root):
             print(f"skipped {task}: not found under {root}")
             continue
-        out += run_task(enc, task, root, **options)
+        t0 = time.time()
+        res = run_task(enc, task, root, **options)
+        print(f"{task}: {len(res)} result(s) in {time.time() - t0:.1f}s", flush=True)
+        out += res
     return out
 
 
@@ -851,80 +857,6 @@ def evaluate_world(model, tokenizer, seed=0, n_scenes=1000, image_size=32, devic
     for sub in ("swap_att", "swap_obj", "replace_att", "replace_obj", "add_att", "add_obj"):
         out[sub] = by[f"sugar_crepe/{sub}"]["acc"]
     return out
-
-# -----------------------------------------------------------------------------
-# output
-
-
-# -----------------------------------------------------------------------------
-# output
-
-
-# -----------------------------------------------------------------------------
-# concept attention maps (C2LIP Figure 2 style)
-
-
-@torch.no_grad()
-def concept_attention(model, tokenizer, images, phrases, temperature=1.0):
-    """C2LIP's parameter-free cross-modal attention of each phrase over its image's patches.
-
-    images (n, 3, H, W), phrases n strings -> (n, gh, gw) weights summing to 1 per image:
-    softmax over patches of temperature * cos(u_t, c), u_t the MAP value-path tokens (METHOD.md 2.3-2.4).
-    """
-    model.eval()
-    _, tokens = model.encode_image(images, return_tokens=True)  # (n, T, d)
-    c = model.encode_text(tokenizer.encode(phrases).to(images.device))  # (n, d)
-    a = torch.softmax(temperature * torch.einsum("ntd,nd->nt", tokens.float(), c.float()), dim=-1)
-    g = int(round(a.shape[1] ** 0.5))
-    return a.view(-1, g, g).cpu()
-
-
-def _heat(m, lo, hi, diverging=False):
-    """(gh, gw) -> RGB uint8: black-to-yellow for weights, blue-white-red for differences"""
-    import numpy as np
-    x = ((m - lo) / max(hi - lo, 1e-12)).clamp(0, 1).numpy()
-    if diverging:
-        r = np.clip(2 * x, 0, 1)
-        b = np.clip(2 - 2 * x, 0, 1)
-        g = 1 - np.abs(2 * x - 1)
-        rgb = np.stack([r, g, b], -1)
-    else:
-        rgb = np.stack([np.clip(1.5 * x, 0, 1), np.clip(1.5 * x - 0.5, 0, 1), 0.15 * np.ones_like(x)], -1)
-    return (255 * rgb).astype(np.uint8)
-
-
-def attention_figure(path, models, tokenizer, n_scenes=3, seed=0, image_size=32, temperature=1.0, cell=128):
-    """PNG: for held-out two-object scenes and each object's phrase, the image, each model's attention
-    map and (with two models) their difference. models: [(name, model)], sharing the tokenizer's vocabulary."""
-    from PIL import Image as PILImage, ImageDraw
-    scenes = list(itertools.islice(data.binding_scenes(seed + data.TEST_SEED_OFFSET + 11, image_size), n_scenes))
-    rows = [(img, data.object_phrase(o)) for img, objs in scenes for o in objs]
-    images = torch.stack([data.to_tensor(img) for img, _ in rows])
-    maps = [concept_attention(m, tokenizer, images.to(next(m.parameters()).device), [p for _, p in rows], temperature)
-            for _, m in models]
-    cols = 1 + len(models) + (len(models) == 2)
-    pad, label = 6, 28
-    sheet = PILImage.new("RGB", (cols * (cell + pad) + pad, len(rows) * (cell + label + pad) + label), "white")
-    draw = ImageDraw.Draw(sheet)
-    heads = ["image"] + [n for n, _ in models] + ([f"{models[0][0]} - {models[1][0]}"] if len(models) == 2 else [])
-    for j, h in enumerate(heads):
-        draw.text((pad + j * (cell + pad), 6), h, fill="black")
-    stats = []
-    for r, (img, phrase) in enumerate(rows):
-        y = label + r * (cell + label + pad)
-        tiles = [img] + [_heat(mp[r], mp[r].min().item(), mp[r].max().item()) for mp in maps]  # min-max per map
-        if len(models) == 2:
-            d = maps[0][r] - maps[1][r]
-            lim = max(d.abs().max().item(), 1e-6)
-            tiles.append(_heat(d, -lim, lim, diverging=True))
-        for j, t in enumerate(tiles):
-            resample = PILImage.BILINEAR if j == 0 else PILImage.NEAREST
-            sheet.paste(PILImage.fromarray(t).resize((cell, cell), resample), (pad + j * (cell + pad), y))
-        draw.text((pad, y + cell + 2), f'"{phrase}"   ' + "   ".join(
-            f"{n}: max/min {mp[r].max().item() / mp[r].min().item():.2f}" for (n, _), mp in zip(models, maps)), fill="black")
-        stats.append({"phrase": phrase, **{n: mp[r].tolist() for (n, _), mp in zip(models, maps)}})
-    sheet.save(path)
-    return stats
 
 # -----------------------------------------------------------------------------
 # output
@@ -990,7 +922,7 @@ def main(a):
     from checkpoint import load_checkpoint, model_from_checkpoint
     from cli import check_choice
     if not a.ckpt:
-        raise UsageError("--ckpt is required: the checkpoint to evaluate, e.g. --ckpt=runs/default/ckpt.pt")
+        raise UsageError("--ckpt is required: the checkpoint to evaluate, e.g. --ckpt=runs/siglip/ckpt.pt")
     check_choice("task", a.task, ["world", "all", "attention"] + TASKS)
     check_choice("templates", a.templates, ("auto", "openai", "siglip"))
     check_choice("device", a.device, ("auto", "cpu", "cuda"))

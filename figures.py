@@ -1,7 +1,7 @@
 """
 Pictures of runs: training curves, and C2LIP's concept attention maps.
 
-    python figures.py --runs=runs/default,runs/c2lip --out=curves.png     # loss terms, lr, t, b, evaluation
+    python figures.py --runs=runs/siglip,runs/c2lip --out=curves.png     # loss terms, lr, t, b, evaluation
     python evaluate.py --task=attention --ckpt=A/ckpt.pt --compare=B/ckpt.pt   # attention maps (drawn here)
 
 Both draw with matplotlib (imported when a figure is drawn, so the rest of the project does not need it).
@@ -149,12 +149,12 @@ def attention_figure(path, models, tokenizer, n_scenes=3, seed=0, image_size=32,
         ax.add_patch(Rectangle((col * s - 0.5, row * s - 0.5), s, s, fill=False, ec="lime", lw=2))
         ax.set_ylabel(f'"{phrases[r]}"', fontsize=9)
         for j, ((name, _), mp) in enumerate(zip(models, maps), 1):
-            im_w = axes[r, j].imshow(mp[r], cmap="magma", vmin=0, vmax=vmax)
+            im_w = axes[r, j].imshow(mp[r].numpy(), cmap="magma", vmin=0, vmax=vmax)
             cs = g / data.GRID
             axes[r, j].add_patch(Rectangle((col * cs - 0.5, row * cs - 0.5), cs, cs, fill=False, ec="lime", lw=1.5))
             axes[r, j].set_xlabel(f"in box: {100 * quadrant_mass(mp[r], obj['cell']):.0f}%", fontsize=8)
         if diff is not None:
-            im_d = axes[r, -1].imshow(diff[r], cmap="RdBu_r", vmin=-dlim, vmax=dlim)
+            im_d = axes[r, -1].imshow(diff[r].numpy(), cmap="RdBu_r", vmin=-dlim, vmax=dlim)
             axes[r, -1].add_patch(Rectangle((col * cs - 0.5, row * cs - 0.5), cs, cs, fill=False, ec="lime", lw=1.5))
             axes[r, -1].set_xlabel(f"in box: {100 * quadrant_mass(diff[r], obj['cell']):+.0f} points", fontsize=8)
         stats.append({"phrase": phrases[r], "cell": obj["cell"],
@@ -194,7 +194,7 @@ class CurvesConfig:
 def main(cfg):
     dirs = [d for d in cfg.runs.split(",") if d]
     if not dirs:
-        raise UsageError("--runs is required: comma-separated run folders, e.g. --runs=runs/default,runs/c2lip")
+        raise UsageError("--runs is required: comma-separated run folders, e.g. --runs=runs/siglip,runs/c2lip")
     names = cfg.names.split(",") if cfg.names else [os.path.basename(os.path.normpath(d)) for d in dirs]
     if len(names) != len(dirs):
         raise UsageError(f"--names has {len(names)} names for {len(dirs)} runs; give one per run")

@@ -44,7 +44,7 @@ from model import DualEncoder, model_config, WordTokenizer, tokenizer_from_state
 @dataclass
 class Config:
     # run
-    out_dir: str = "runs/default"    # logs, config and checkpoints
+    out_dir: str = ""                # logs, config and checkpoints ("" = runs/<loss>)
     seed: int = 0
     resume: bool = False             # continue from out_dir/ckpt.pt if it exists (says which it did)
     overwrite: bool = False          # replace the run already in out_dir (otherwise starting there is refused)
@@ -670,6 +670,7 @@ def final_eval(model, tokenizer, cfg, mcfg, device, log):
 
 
 def main(cfg):
+    cfg.out_dir = cfg.out_dir or os.path.join("runs", cfg.loss)
     env = setup_distributed(cfg)
     log = print if env.master else (lambda *a, **k: None)
     check_config(cfg, env.world)
