@@ -82,17 +82,42 @@ def _remove(path):
         pass
 
 
+class _Writer:
+    """a file that keeps its first write error: torch.save's zip writer swallows it and later reports only
+    'unexpected pos ...', which does not say the disk is full"""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, b):
+        try:
+            return self.f.write(b)
+        except OSError as e:
+            self.error = self.error or e
+            raise
+
+    def flush(self):
+        return self.f.flush()
+
+
 def _write_atomic(path, write):
-    """write(file object) into path + ".tmp", flush it to disk, rename it to path; on any OSError the
-    temporary file is removed and path is left as it was"""
+    """write(file object) into path + ".tmp", flush it to disk, rename it to path. If anything fails (or the
+    process is interrupted) the temporary file is removed and path is left as it was; a full disk or a
+    refused write comes out as the OSError that says so"""
     tmp = path + ".tmp"
     try:
-        with open(tmp, "wb") as f:  # a Python file: a full disk is an OSError (torch's own writer says less)
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())  # a full disk or a quota may only show here
+        with open(tmp, "wb") as raw:  # a Python file, so that write errors are Python errors
+            f = _Writer(raw)
+            try:
+                write(f)
+            except RuntimeError:
+                if f.error is not None:
+                    raise f.error from None
+                raise
+            raw.flush()
+            os.fsync(raw.fileno())  # a full disk or a quota may only show here
         os.replace(tmp, path)
-    except OSError:
+    except BaseException:
         _remove(tmp)
         raise
     _fsync_dir(os.path.dirname(path))

@@ -210,15 +210,35 @@ def test_history_keeps_last_k_with_manifests_and_falls_back(tmp_path, capsys, re
     assert "ckpt_8.pt (" in err[0] and "truncated" in err[0] and "ckpt_6.pt (file missing)" in err[0]
 
 
-def full_disk(monkeypatch):
-    real = torch.save
+class FillingFile:
+    """a file on a disk that is full after `room` bytes: what torch.save meets on a real full disk"""
 
-    def save(obj, f, *a, **k):
-        if isinstance(f, str) or not f.name.endswith("ckpt_4.pt.tmp"):
-            return real(obj, f, *a, **k)
-        f.write(b"the first bytes of a checkpoint")  # part of it lands on disk, then the disk is full
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-    monkeypatch.setattr(torch, "save", save)
+    def __init__(self, f, room):
+        self.f, self.room = f, room
+
+    def write(self, b):
+        if len(b) > self.room:
+            self.f.write(bytes(b)[: self.room])
+            self.room = 0
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= len(b)
+        return self.f.write(b)
+
+    def __getattr__(self, name):  # flush, fileno, close
+        return getattr(self.f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+
+def full_disk(monkeypatch):  # real torch.save, the disk fills part-way through the checkpoint of step 4
+    def opener(path, mode="r", *a, **k):
+        f = open(path, mode, *a, **k)
+        return FillingFile(f, 100_000) if "w" in mode and "ckpt_4" in str(path) else f
+    monkeypatch.setattr(checkpoint, "open", opener, raising=False)
 
 
 def late_full_disk(monkeypatch):  # the data fit in the page cache; the disk says no when it is flushed
