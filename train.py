@@ -333,17 +333,16 @@ class DataWorkerDied(Stopped):
     """a DataLoader worker process died or stopped answering"""
 
 
-def next_batch(batches, cfg):
-    """the next batch; a DataLoader worker that died (torch notices and raises) or timed out becomes one line"""
-    try:
-        return next(batches)
-    except RuntimeError as e:
-        text = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        if "DataLoader worker" not in text and "DataLoader timed out" not in text:
-            raise
-        raise DataWorkerDied(f"a data-loading worker failed ({text}); usually the out-of-memory killer (see dmesg) "
-                             f"or a crash while decoding an image: give the job more memory or lower --workers "
-                             f"(--workers=0 shows the real error), then rerun with --resume") from None
+def worker_failure(e):
+    """a DataWorkerDied for torch's RuntimeError about a DataLoader worker that died or timed out, else None.
+    torch notices a killed worker through SIGCHLD and raises wherever the main process happens to be (in the
+    forward, say), so the loop as a whole is watched, not only the fetch of a batch"""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    if "DataLoader worker" not in text and "DataLoader timed out" not in text:
+        return None
+    return DataWorkerDied(f"a data-loading worker failed ({text}); usually the out-of-memory killer (see dmesg) or "
+                          f"a crash while decoding an image: give the job more memory or lower --workers "
+                          f"(--workers=0 shows the real error), then rerun with --resume")
 
 
 def empty_batch(mcfg, cfg):
@@ -714,7 +713,7 @@ def main(cfg):
             lr = get_lr(step, cfg)
             for g in optimizer.param_groups:
                 g["lr"] = lr * g["lr_mult"]
-            loss, terms, n_images = train_step(next_batch(batches, cfg), forward, teacher, cfg, mcfg, env, report)
+            loss, terms, n_images = train_step(next(batches), forward, teacher, cfg, mcfg, env, report)
             step += 1
             pbar.update(1)
             finite, stopping = agree_on_step(loss, signals.received is not None, env.ddp)
@@ -737,6 +736,10 @@ def main(cfg):
                 why = f"{signals.received} received" if signals.received else "another rank received a stop signal"
                 raise Preempted(f"{why}: finished step {step} of {cfg.steps} and saved {ckpt_path}; "
                                 f"continue with the same command and --resume (exit status {PREEMPTED_EXIT})")
+    except RuntimeError as e:
+        if worker_failure(e) is None:
+            raise
+        raise worker_failure(e) from None
     finally:
         signals.close()
     pbar.close()
