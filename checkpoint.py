@@ -203,6 +203,9 @@ def save_to_history(out_dir, ckpt, keep=2):
     for old_step, manifest_path in [e for e in history(out_dir) if e[0] > step] + entries[max(1, keep):]:
         _remove(os.path.join(out_dir, f"ckpt_{old_step}.pt"))
         _remove(manifest_path)
+    listed = {os.path.basename(m)[:-5] + ".pt" for _, m in history(out_dir)}
+    for orphan in [n for n in history_files(out_dir) if re.fullmatch(r"ckpt_\d+\.pt", n) and n not in listed]:
+        _remove(os.path.join(out_dir, orphan))  # its manifest was never written (a crash mid-save)
     return path
 
 
