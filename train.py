@@ -504,7 +504,7 @@ def load_start(cfg, log):
     is an ordinary start); checkpoints that are all unusable are an error."""
     resume_ckpt, ckpt_path = find_resumable(cfg.out_dir, log) if cfg.resume else (None, None)
     if cfg.resume:
-        log(f"resume: {f'from {ckpt_path}' if ckpt_path else f'no checkpoint in {cfg.out_dir}, starting at step 0'}")
+        log(f"resume: {f'found {ckpt_path}' if ckpt_path else f'no checkpoint in {cfg.out_dir}, starting at step 0'}")
     init_ckpt = resume_ckpt or (load_checkpoint(cfg.init) if cfg.init else None)
     if resume_ckpt is not None:
         check_resume_config(resume_ckpt["config"], cfg, ckpt_path)
