@@ -472,9 +472,10 @@ def check_config(cfg, world):
         raise UsageError("--resume and --overwrite contradict each other; pick one")
     if cfg.keep_ckpts < 1 or cfg.ckpt_every < 1:
         raise UsageError(f"--keep_ckpts={cfg.keep_ckpts} --ckpt_every={cfg.ckpt_every}: both must be at least 1")
-    if cfg.preempt_signal and not isinstance(getattr(signal, cfg.preempt_signal, None), signal.Signals):
-        raise UsageError(f"--preempt_signal={cfg.preempt_signal}: not a signal name; use e.g. SIGUSR1, or \"\" "
-                         f"for SIGTERM only")
+    if cfg.preempt_signal and (not isinstance(getattr(signal, cfg.preempt_signal, None), signal.Signals)
+                               or cfg.preempt_signal in ("SIGKILL", "SIGSTOP")):
+        raise UsageError(f"--preempt_signal={cfg.preempt_signal}: not a signal a process can catch; use e.g. SIGUSR1, "
+                         f"or \"\" for SIGTERM only")
 
 
 RUN_FILES = ("ckpt.pt", "config.json", "metrics.jsonl", "eval.json", "bad_records.jsonl")
