@@ -185,10 +185,12 @@ def save_to_history(out_dir, ckpt, keep=2):
         _remove(tmp)
         try:
             os.link(path, tmp)  # same file under the name everyone loads; no second copy on disk
-        except OSError:
-            shutil.copyfile(path, tmp)  # a filesystem without hard links
-        os.replace(tmp, newest)
-        _fsync_dir(out_dir)
+            os.replace(tmp, newest)
+            _fsync_dir(out_dir)
+        except OSError:  # a filesystem without hard links: a copy, written like any checkpoint
+            _remove(tmp)
+            with open(path, "rb") as src:
+                _write_atomic(newest, lambda f: shutil.copyfileobj(src, f, 1 << 22))
     except OSError as e:
         if not existed:  # no half-made entry in the history: a file without a manifest or the reverse
             _remove(path)

@@ -210,6 +210,17 @@ def test_history_keeps_last_k_with_manifests_and_falls_back(tmp_path, capsys, re
     assert "ckpt_8.pt (" in err[0] and "truncated" in err[0] and "ckpt_6.pt (file missing)" in err[0]
 
 
+def test_history_without_hard_links(tmp_path, monkeypatch):
+    def no_links(src, dst):
+        raise OSError(errno.EPERM, os.strerror(errno.EPERM))
+    monkeypatch.setattr(os, "link", no_links)
+    cfg = small(tmp_path / "run", steps=4, ckpt_every=2)
+    train.main(cfg)
+    newest, last = os.path.join(cfg.out_dir, "ckpt.pt"), os.path.join(cfg.out_dir, "ckpt_4.pt")
+    assert not os.path.samefile(newest, last) and sha256(newest) == sha256(last)
+    assert not [f for f in os.listdir(cfg.out_dir) if f.endswith(".tmp")]
+
+
 class FillingFile:
     """a file on a disk that is full after `room` bytes: what torch.save meets on a real full disk"""
 
