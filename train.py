@@ -507,6 +507,8 @@ def load_start(cfg, log):
     if cfg.resume:
         log(f"resume: {f'found {ckpt_path}' if ckpt_path else f'no checkpoint in {cfg.out_dir}, starting at step 0'}")
     init_ckpt = resume_ckpt or (load_checkpoint(cfg.init) if cfg.init else None)
+    if init_ckpt is not None and (cfg.init or init_ckpt["config"].get("init")):  # the label travels on
+        cfg.model = init_ckpt["config"].get("model", cfg.model)  # ("siglip2-B/16", not the default "tiny")
     if resume_ckpt is not None:
         check_resume_config(resume_ckpt["config"], cfg, ckpt_path)
     if init_ckpt is not None:
