@@ -597,6 +597,7 @@ def build_model(cfg, mcfg, tokenizer, resume_ckpt, init_ckpt, device, log):
 
 
 def write_run_info(cfg, mcfg, env):
+    os.makedirs(cfg.out_dir, exist_ok=True)
     with open(os.path.join(cfg.out_dir, "config.json"), "w") as f:
         json.dump({"config": asdict(cfg), "model": asdict(mcfg), "world_size": env.world,
                    "torch": torch.__version__, "python": sys.version.split()[0]}, f, indent=2)
@@ -742,50 +743,42 @@ def final_eval(model, tokenizer, cfg, mcfg, device, log):
     log(f"wrote {os.path.join(cfg.out_dir, 'eval.json')} (evaluation {time.time() - t0:.1f}s)")
 
 # -----------------------------------------------------------------------------
-# main
+# the training loop
 
 
-def main(cfg):
-    cfg.out_dir = cfg.out_dir or os.path.join("runs", cfg.loss)
-    env = setup_distributed(cfg)
-    log = print if env.master else (lambda *a, **k: None)
-    check_config(cfg, env.world)
-    claim_out_dir(cfg, env, log)
-    resume_ckpt, init_ckpt, mcfg = load_start(cfg, log)
-    ckpt_tokenizer = tokenizer_from_state_dict(init_ckpt["tokenizer"]) if init_ckpt is not None else None
-    random.seed(cfg.seed)
-    dataset, tokenizer = build_data(cfg, mcfg, log, ckpt_tokenizer)
-    report = BadDataReport(cfg, dataset, tokenizer, env.master, log)
-    model, teacher = build_model(cfg, mcfg, tokenizer, resume_ckpt, init_ckpt, env.device, log)
+def start_optimizer(model, cfg, resume_ckpt, log):
+    """(AdamW, first step): fresh, or the checkpoint's state under --resume"""
     optimizer = configure_optimizer(model, cfg, log)
     step = 0
     if resume_ckpt is not None:
         optimizer.load_state_dict(resume_ckpt["optimizer"])
         step = resume_ckpt["step"]
         log(f"resumed at step {step}")
-    torch.manual_seed(cfg.seed + 1000 * env.rank + step)  # per-rank stream from here on
+    return optimizer, step
 
+
+def wrap_model(model, cfg, env):
+    """what the loop calls: compiled (optional) before the DDP wrap, as torch recommends"""
     forward = torch.compile(model) if cfg.compile else model
     if env.ddp:
         forward = DDP(forward, device_ids=[env.local_rank] if env.use_cuda else None)
-    batches, steps_per_epoch = make_batches(cfg, mcfg, dataset, tokenizer, env, step)
-    if env.master:
-        os.makedirs(cfg.out_dir, exist_ok=True)
-        write_run_info(cfg, mcfg, env)
-    logger = Logger(cfg, env, step)
-    log(f"training {cfg.steps} steps, global batch {cfg.batch_size} on {env.world} rank(s) ({env.device}), "
-        f"{steps_per_epoch} steps per epoch")
-    ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
+    return forward
 
-    model.train()
+
+def train_loop(cfg, env, model, forward, teacher, optimizer, batches, tokenizer, report, step, log):
+    """steps until cfg.steps: lr, forward/backward, one agreed decision per step (finite? stop signal?), update,
+    log, checkpoint; stops cleanly on a preemption signal. Returns the last step."""
+    logger = Logger(cfg, env, step)
+    ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
     pbar = tqdm(total=cfg.steps, initial=step, disable=not env.master or not sys.stderr.isatty(), dynamic_ncols=True)
     signals = StopSignals(cfg.preempt_signal)
+    model.train()
     try:
         while step < cfg.steps:
             lr = get_lr(step, cfg)
             for g in optimizer.param_groups:
                 g["lr"] = lr * g["lr_mult"]
-            loss, terms, n_images = train_step(next(batches), forward, teacher, cfg, mcfg, env, report)
+            loss, terms, n_images = train_step(next(batches), forward, teacher, cfg, model.cfg, env, report)
             step += 1
             pbar.update(1)
             finite, stopping = agree_on_step(loss, signals.received is not None, env.ddp)
@@ -814,11 +807,37 @@ def main(cfg):
         raise worker_failure(e) from None
     finally:
         signals.close()
-    pbar.close()
-    logger.close()
+        pbar.close()
+        logger.close()
     log(f"trained to step {step} in {clock(time.time() - logger.t_start)}")
-    report.summary()
+    return step
 
+
+# -----------------------------------------------------------------------------
+# main
+
+
+def main(cfg):
+    cfg.out_dir = cfg.out_dir or os.path.join("runs", cfg.loss)
+    env = setup_distributed(cfg)
+    log = print if env.master else (lambda *a, **k: None)
+    check_config(cfg, env.world)
+    claim_out_dir(cfg, env, log)
+    resume_ckpt, init_ckpt, mcfg = load_start(cfg, log)
+    random.seed(cfg.seed)
+    dataset, tokenizer = build_data(cfg, mcfg, log, tokenizer_from_state_dict(init_ckpt["tokenizer"]) if init_ckpt else None)
+    report = BadDataReport(cfg, dataset, tokenizer, env.master, log)
+    model, teacher = build_model(cfg, mcfg, tokenizer, resume_ckpt, init_ckpt, env.device, log)
+    optimizer, step = start_optimizer(model, cfg, resume_ckpt, log)
+    torch.manual_seed(cfg.seed + 1000 * env.rank + step)  # per-rank stream from here on
+    forward = wrap_model(model, cfg, env)
+    batches, steps_per_epoch = make_batches(cfg, mcfg, dataset, tokenizer, env, step)
+    if env.master:
+        write_run_info(cfg, mcfg, env)
+    log(f"training {cfg.steps} steps, global batch {cfg.batch_size} on {env.world} rank(s) ({env.device}), "
+        f"{steps_per_epoch} steps per epoch")
+    train_loop(cfg, env, model, forward, teacher, optimizer, batches, tokenizer, report, step, log)
+    report.summary()
     if env.master and cfg.eval and cfg.data == "world":
         final_eval(model, tokenizer, cfg, mcfg, env.device, log)
     if env.ddp:
