@@ -19,7 +19,9 @@ import json
 import math
 import os
 import random
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, asdict, fields
 
@@ -32,6 +34,7 @@ import data
 import losses
 import shards
 from checkpoint import save_checkpoint, load_checkpoint, model_from_checkpoint  # noqa: F401 (re-exported)
+from checkpoint import SaveFailed, checkpoint_dict, find_resumable, history_files, save_to_history
 import cli
 from cli import MissingFileError, Stopped, UsageError, check_choice, run
 from model import DualEncoder, model_config, WordTokenizer, tokenizer_from_state_dict, ModelConfig
@@ -100,6 +103,8 @@ class Config:
     threads: int = 1                 # torch CPU threads per rank (0 = torch's default); 1 keeps CPU results exact
     log_every: int = 25
     ckpt_every: int = 250
+    keep_ckpts: int = 2              # checkpoints kept in out_dir as ckpt_<step>.pt (ckpt.pt is always the newest)
+    preempt_signal: str = "SIGUSR1"  # besides SIGTERM: finish the step, checkpoint, exit 75 ("" = SIGTERM only)
     eval: bool = True                # evaluate on the held-out world at the end (rank 0)
     eval_scenes: int = 1000
     nonfinite: str = "stop"          # a NaN/inf loss: stop (last good checkpoint kept) or skip the step
@@ -299,12 +304,82 @@ def check_resume_config(saved, cfg, path):
                          f"use another --out_dir or the same settings")
 
 
-def all_finite(loss, ddp):
-    """one host sync per step; under DDP every rank must take the same decision"""
-    ok = torch.isfinite(loss.detach()).float()
+def agree_on_step(loss, stop, ddp):
+    """(is the loss finite on every rank, has any rank been asked to stop) after a step.
+
+    One all_reduce and one host sync per step answer both: a stop signal may reach the ranks at different
+    times (or only some of them), and every rank must stop after the same step or the others would wait
+    in the next step's collectives forever."""
+    flags = torch.stack([(~torch.isfinite(loss.detach())).float(), torch.full((), float(stop), device=loss.device)])
     if ddp:
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+    bad, stop = flags.tolist()
+    return not bad, bool(stop)
+
+
+PREEMPTED_EXIT = 75  # EX_TEMPFAIL ("try again later"): stopped by a signal, checkpoint written, resume me
+
+
+class Preempted(Stopped):
+    """stopped on SIGTERM or --preempt_signal after a checkpoint: one line, exit status PREEMPTED_EXIT"""
+    exit_code = PREEMPTED_EXIT
+
+
+class StopSignals:
+    """SIGTERM (what schedulers send before a kill) and cfg.preempt_signal only raise a flag here; the loop
+    looks at it after each step, so a step is never cut in half. Handlers are restored by close()."""
+
+    def __init__(self, extra=""):
+        self.received = None
+        self.saved = {}
+        if threading.current_thread() is not threading.main_thread():
+            return  # signals reach the main thread only (train.main called from a thread: no handlers)
+        for sig in {signal.SIGTERM} | ({getattr(signal, extra)} if extra else set()):
+            self.saved[sig] = signal.signal(sig, self.handle)
+
+    def handle(self, signum, frame):
+        self.received = self.received or signal.Signals(signum).name
+
+    def close(self):
+        for sig, handler in self.saved.items():
+            signal.signal(sig, handler)
+        self.saved = {}
+
+
+def save_step(cfg, env, model, optimizer, teacher, tokenizer, step):
+    """rank 0 writes the checkpoint; every rank learns whether it worked, so that a failed save (full disk,
+    read-only folder) stops all of them with the same message instead of leaving some waiting"""
+    failure = None
+    if env.master:
+        extra = {"teacher": teacher.state_dict()} if teacher is not None else None
+        try:
+            save_to_history(cfg.out_dir, checkpoint_dict(model, optimizer, cfg, tokenizer, step, extra), cfg.keep_ckpts)
+        except SaveFailed as e:
+            failure = e
+    if env.ddp:  # doubles as the barrier: nobody runs ahead of a checkpoint being written
+        ok = torch.tensor(0.0 if failure else 1.0, device=env.device)
         dist.all_reduce(ok, op=dist.ReduceOp.MIN)
-    return bool(ok.item())
+        if not ok.item() and failure is None:
+            failure = SaveFailed(f"rank 0 could not write the checkpoint of step {step} (its message says why); "
+                                 f"rerun with --resume once out_dir is writable")
+    if failure is not None:
+        raise failure
+
+
+class DataWorkerDied(Stopped):
+    """a DataLoader worker process died or stopped answering"""
+
+
+def worker_failure(e):
+    """a DataWorkerDied for torch's RuntimeError about a DataLoader worker that died or timed out, else None.
+    torch notices a killed worker through SIGCHLD and raises wherever the main process happens to be (in the
+    forward, say), so the loop as a whole is watched, not only the fetch of a batch"""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    if "DataLoader worker" not in text and "DataLoader timed out" not in text:
+        return None
+    return DataWorkerDied(f"a data-loading worker failed ({text}); usually the out-of-memory killer (see dmesg) or "
+                          f"a crash while decoding an image: give the job more memory or lower --workers "
+                          f"(--workers=0 shows the real error), then rerun with --resume")
 
 
 def empty_batch(mcfg, cfg):
@@ -439,6 +514,12 @@ def check_config(cfg, world):
         raise UsageError("--samples_per_epoch sets the length of a --resampled epoch; add --resampled or drop it")
     if cfg.resume and cfg.overwrite:
         raise UsageError("--resume and --overwrite contradict each other; pick one")
+    if cfg.keep_ckpts < 1 or cfg.ckpt_every < 1:
+        raise UsageError(f"--keep_ckpts={cfg.keep_ckpts} --ckpt_every={cfg.ckpt_every}: both must be at least 1")
+    if cfg.preempt_signal and (not isinstance(getattr(signal, cfg.preempt_signal, None), signal.Signals)
+                               or cfg.preempt_signal in ("SIGKILL", "SIGSTOP")):
+        raise UsageError(f"--preempt_signal={cfg.preempt_signal}: not a signal a process can catch; use e.g. SIGUSR1, "
+                         f"or \"\" for SIGTERM only")
 
 
 RUN_FILES = ("ckpt.pt", "config.json", "metrics.jsonl", "eval.json", "bad_records.jsonl")
@@ -448,11 +529,9 @@ def claim_out_dir(cfg, env, log):
     """refuse to start a new run on top of another one; --overwrite clears it, --resume continues it.
 
     Every rank looks before anybody writes (a barrier follows), so all take the same decision."""
-    ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
     found = [f for f in RUN_FILES if os.path.exists(os.path.join(cfg.out_dir, f))]
-    if cfg.resume:
-        log(f"resume: {'found ' + ckpt_path if os.path.exists(ckpt_path) else f'no checkpoint in {cfg.out_dir}, starting at step 0'}")
-    elif found and not cfg.overwrite:
+    found += [f for f in history_files(cfg.out_dir) if f not in found]  # ckpt_<step>.pt/.json, leftover .tmp
+    if found and not cfg.resume and not cfg.overwrite:
         raise UsageError(f"--out_dir={cfg.out_dir} holds another run ({', '.join(found)}); pass another --out_dir, "
                          f"--resume to continue it, or --overwrite to replace it")
     if env.ddp:
@@ -463,9 +542,14 @@ def claim_out_dir(cfg, env, log):
 
 
 def load_start(cfg, log):
-    """(resume checkpoint or None, init checkpoint or None, model config) for a fresh, --init or --resume start"""
-    ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
-    resume_ckpt = load_checkpoint(ckpt_path) if cfg.resume and os.path.exists(ckpt_path) else None
+    """(resume checkpoint or None, init checkpoint or None, model config) for a fresh, --init or --resume start.
+
+    --resume takes the newest checkpoint in out_dir that checks out against its manifest, reporting any it
+    passes over; none at all starts at step 0 (so the first attempt of `torchrun --max-restarts=N ... --resume`
+    is an ordinary start); checkpoints that are all unusable are an error."""
+    resume_ckpt, ckpt_path = find_resumable(cfg.out_dir, log) if cfg.resume else (None, None)
+    if cfg.resume:
+        log(f"resume: {f'found {ckpt_path}' if ckpt_path else f'no checkpoint in {cfg.out_dir}, starting at step 0'}")
     init_ckpt = resume_ckpt or (load_checkpoint(cfg.init) if cfg.init else None)
     if init_ckpt is not None and (cfg.init or init_ckpt["config"].get("init")):  # the label travels on
         cfg.model = init_ckpt["config"].get("model", cfg.model)  # ("siglip2-B/16", not the default "tiny")
@@ -513,6 +597,7 @@ def build_model(cfg, mcfg, tokenizer, resume_ckpt, init_ckpt, device, log):
 
 
 def write_run_info(cfg, mcfg, env):
+    os.makedirs(cfg.out_dir, exist_ok=True)
     with open(os.path.join(cfg.out_dir, "config.json"), "w") as f:
         json.dump({"config": asdict(cfg), "model": asdict(mcfg), "world_size": env.world,
                    "torch": torch.__version__, "python": sys.version.split()[0]}, f, indent=2)
@@ -658,6 +743,77 @@ def final_eval(model, tokenizer, cfg, mcfg, device, log):
     log(f"wrote {os.path.join(cfg.out_dir, 'eval.json')} (evaluation {time.time() - t0:.1f}s)")
 
 # -----------------------------------------------------------------------------
+# the training loop
+
+
+def start_optimizer(model, cfg, resume_ckpt, log):
+    """(AdamW, first step): fresh, or the checkpoint's state under --resume"""
+    optimizer = configure_optimizer(model, cfg, log)
+    step = 0
+    if resume_ckpt is not None:
+        optimizer.load_state_dict(resume_ckpt["optimizer"])
+        step = resume_ckpt["step"]
+        log(f"resumed at step {step}")
+    return optimizer, step
+
+
+def wrap_model(model, cfg, env):
+    """what the loop calls: compiled (optional) before the DDP wrap, as torch recommends"""
+    forward = torch.compile(model) if cfg.compile else model
+    if env.ddp:
+        forward = DDP(forward, device_ids=[env.local_rank] if env.use_cuda else None)
+    return forward
+
+
+def train_loop(cfg, env, model, forward, teacher, optimizer, batches, tokenizer, report, step, log):
+    """steps until cfg.steps: lr, forward/backward, one agreed decision per step (finite? stop signal?), update,
+    log, checkpoint; stops cleanly on a preemption signal. Returns the last step."""
+    logger = Logger(cfg, env, step)
+    ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
+    pbar = tqdm(total=cfg.steps, initial=step, disable=not env.master or not sys.stderr.isatty(), dynamic_ncols=True)
+    signals = StopSignals(cfg.preempt_signal)
+    model.train()
+    try:
+        while step < cfg.steps:
+            lr = get_lr(step, cfg)
+            for g in optimizer.param_groups:
+                g["lr"] = lr * g["lr_mult"]
+            loss, terms, n_images = train_step(next(batches), forward, teacher, cfg, model.cfg, env, report)
+            step += 1
+            pbar.update(1)
+            finite, stopping = agree_on_step(loss, signals.received is not None, env.ddp)
+            if finite:
+                finish_step(model, teacher, optimizer, cfg)
+                logger.n_images += n_images * env.world
+                if step % cfg.log_every == 0 or step == cfg.steps:
+                    logger.log_step(step, loss, terms, lr, model)
+            else:
+                optimizer.zero_grad(set_to_none=True)
+                msg = (f"non-finite loss at step {step} ({', '.join(f'{k} {v.item():.4g}' for k, v in terms.items())}); "
+                       f"the last good checkpoint {ckpt_path} is kept")
+                if cfg.nonfinite == "stop":
+                    raise NonFiniteLoss(msg + "; lower --lr, or --nonfinite=skip to skip such steps")
+                log("warning: " + msg + "; step skipped")
+                report.nonfinite_steps += 1
+            if stopping or step % cfg.ckpt_every == 0 or step == cfg.steps:
+                save_step(cfg, env, model, optimizer, teacher, tokenizer, step)
+            if stopping and step < cfg.steps:
+                why = f"{signals.received} received" if signals.received else "another rank received a stop signal"
+                raise Preempted(f"{why}: finished step {step} of {cfg.steps} and saved {ckpt_path}; "
+                                f"continue with the same command and --resume (exit status {PREEMPTED_EXIT})")
+    except RuntimeError as e:
+        if worker_failure(e) is None:
+            raise
+        raise worker_failure(e) from None
+    finally:
+        signals.close()
+        pbar.close()
+        logger.close()
+    log(f"trained to step {step} in {clock(time.time() - logger.t_start)}")
+    return step
+
+
+# -----------------------------------------------------------------------------
 # main
 
 
@@ -668,64 +824,20 @@ def main(cfg):
     check_config(cfg, env.world)
     claim_out_dir(cfg, env, log)
     resume_ckpt, init_ckpt, mcfg = load_start(cfg, log)
-    ckpt_tokenizer = tokenizer_from_state_dict(init_ckpt["tokenizer"]) if init_ckpt is not None else None
     random.seed(cfg.seed)
-    dataset, tokenizer = build_data(cfg, mcfg, log, ckpt_tokenizer)
+    dataset, tokenizer = build_data(cfg, mcfg, log, tokenizer_from_state_dict(init_ckpt["tokenizer"]) if init_ckpt else None)
     report = BadDataReport(cfg, dataset, tokenizer, env.master, log)
     model, teacher = build_model(cfg, mcfg, tokenizer, resume_ckpt, init_ckpt, env.device, log)
-    optimizer = configure_optimizer(model, cfg, log)
-    step = 0
-    if resume_ckpt is not None:
-        optimizer.load_state_dict(resume_ckpt["optimizer"])
-        step = resume_ckpt["step"]
-        log(f"resumed at step {step}")
+    optimizer, step = start_optimizer(model, cfg, resume_ckpt, log)
     torch.manual_seed(cfg.seed + 1000 * env.rank + step)  # per-rank stream from here on
-
-    forward = torch.compile(model) if cfg.compile else model
-    if env.ddp:
-        forward = DDP(forward, device_ids=[env.local_rank] if env.use_cuda else None)
+    forward = wrap_model(model, cfg, env)
     batches, steps_per_epoch = make_batches(cfg, mcfg, dataset, tokenizer, env, step)
     if env.master:
-        os.makedirs(cfg.out_dir, exist_ok=True)
         write_run_info(cfg, mcfg, env)
-    logger = Logger(cfg, env, step)
     log(f"training {cfg.steps} steps, global batch {cfg.batch_size} on {env.world} rank(s) ({env.device}), "
         f"{steps_per_epoch} steps per epoch")
-    ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
-    save = lambda: save_checkpoint(ckpt_path, model, optimizer, cfg, tokenizer, step,  # noqa: E731
-                                   extra={"teacher": teacher.state_dict()} if teacher is not None else None)
-
-    model.train()
-    pbar = tqdm(total=cfg.steps, initial=step, disable=not env.master or not sys.stderr.isatty(), dynamic_ncols=True)
-    while step < cfg.steps:
-        lr = get_lr(step, cfg)
-        for g in optimizer.param_groups:
-            g["lr"] = lr * g["lr_mult"]
-        loss, terms, n_images = train_step(next(batches), forward, teacher, cfg, mcfg, env, report)
-        step += 1
-        pbar.update(1)
-        if not all_finite(loss, env.ddp):
-            optimizer.zero_grad(set_to_none=True)
-            msg = (f"non-finite loss at step {step} ({', '.join(f'{k} {v.item():.4g}' for k, v in terms.items())}); "
-                   f"the last good checkpoint {ckpt_path} is kept")
-            if cfg.nonfinite == "stop":
-                raise NonFiniteLoss(msg + "; lower --lr, or --nonfinite=skip to skip such steps")
-            log("warning: " + msg + "; step skipped")
-            report.nonfinite_steps += 1
-            continue
-        finish_step(model, teacher, optimizer, cfg)
-        logger.n_images += n_images * env.world
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            logger.log_step(step, loss, terms, lr, model)
-        if env.master and (step % cfg.ckpt_every == 0 or step == cfg.steps):
-            save()
-        if env.ddp and step % cfg.ckpt_every == 0:
-            dist.barrier()  # nobody runs ahead of a checkpoint being written
-    pbar.close()
-    logger.close()
-    log(f"trained to step {step} in {clock(time.time() - logger.t_start)}")
+    train_loop(cfg, env, model, forward, teacher, optimizer, batches, tokenizer, report, step, log)
     report.summary()
-
     if env.master and cfg.eval and cfg.data == "world":
         final_eval(model, tokenizer, cfg, mcfg, env.device, log)
     if env.ddp:
