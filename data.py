@@ -409,12 +409,13 @@ class ResumableSampler(torch.utils.data.DistributedSampler):
         return self.num_samples - self.skip
 
 
-def make_loader(dataset, batch_size, collate, rank=0, world_size=1, seed=0, workers=0, shuffle=True):
-    """per-rank loader over a DistributedSampler (world size 1 included); call sampler.set_epoch each epoch"""
+def make_loader(dataset, batch_size, collate, rank=0, world_size=1, seed=0, workers=0, shuffle=True, pin=False):
+    """per-rank loader over a DistributedSampler (world size 1 included); call sampler.set_epoch each epoch.
+    pin: page-locked batches, so the loop's non_blocking copies to the GPU really overlap"""
     sampler = ResumableSampler(dataset, num_replicas=world_size, rank=rank,
                                                   shuffle=shuffle, seed=seed, drop_last=True)
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate,
-                                       num_workers=workers, drop_last=True,
+                                       num_workers=workers, drop_last=True, pin_memory=pin,
                                        # not persistent: workers started per epoch copy the dataset then, with
                                        # the epoch the loop just set (persistent ones would crop as in epoch 0)
                                        persistent_workers=False)

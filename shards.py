@@ -446,7 +446,7 @@ class ShardStream(torch.utils.data.IterableDataset):
             step += n
 
 
-def make_loader(stream, collate, workers=0):
-    """DataLoader over a ShardStream; set stream.start_step before iterating it"""
+def make_loader(stream, collate, workers=0, pin=False):
+    """DataLoader over a ShardStream; set stream.start_step before iterating it. pin: page-locked batches (GPU)"""
     return torch.utils.data.DataLoader(stream, batch_size=None, collate_fn=collate, num_workers=workers,
-                                       prefetch_factor=4 if workers else None)
+                                       prefetch_factor=4 if workers else None, pin_memory=pin)

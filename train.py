@@ -182,8 +182,8 @@ LOSS_WEIGHTS = {"con": lambda cfg: 1.0, "npc": lambda cfg: cfg.npc_weight, "xac"
 @torch.no_grad()
 def ema_update(teacher, student, decay):
     """theta* <- a * theta* + (1 - a) * theta over all parameters, in order; buffers are not averaged (METHOD.md 3.2)"""
-    for pt, ps in zip(teacher.parameters(), student.parameters()):
-        pt.lerp_(ps.detach(), 1.0 - decay)
+    # one fused call over all tensors (a Python loop of lerp_ launches one kernel per tensor on a GPU)
+    torch._foreach_lerp_(list(teacher.parameters()), [p.detach() for p in student.parameters()], 1.0 - decay)
 
 
 # -----------------------------------------------------------------------------
@@ -626,7 +626,8 @@ def make_batches(cfg, mcfg, dataset, tokenizer, env, start_step):
                            cfg.samples_per_epoch)
         steps = plan.steps
     else:
-        loader = data.make_loader(dataset, local_batch, collate, env.rank, env.world, cfg.seed, cfg.workers)
+        loader = data.make_loader(dataset, local_batch, collate, env.rank, env.world, cfg.seed, cfg.workers,
+                                  pin=env.use_cuda)
         steps = len(loader)
     if steps == 0:
         raise UsageError(f"{cfg.samples_per_epoch or len(dataset)} records are fewer than one global batch of "
@@ -634,7 +635,7 @@ def make_batches(cfg, mcfg, dataset, tokenizer, env, start_step):
     if isinstance(dataset, shards.ShardIndex):
         stream = shards.ShardStream(dataset, plan, env.rank, mcfg.image_size, cfg.seed)
         stream.start_step = start_step
-        return checked(iter(shards.make_loader(stream, collate, cfg.workers)), cfg.bad_data), steps
+        return checked(iter(shards.make_loader(stream, collate, cfg.workers, pin=env.use_cuda)), cfg.bad_data), steps
     return epoch_batches(loader, dataset, start_step, local_batch), steps
 
 
