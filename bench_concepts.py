@@ -1,19 +1,34 @@
 """
-One-core throughput of concepts.py: concept extraction and hard negatives, in captions per second.
+Throughput of concepts.py: concept extraction and hard negatives, in captions per second.
 
 Two caption sets: the synthetic world's lists ("a blue circle, a purple circle and a purple diamond")
-and the 52 realistic captions of the gold set, repeated. Single process, so the numbers are per core;
-the CLI's --workers multiplies them by about the number of free cores.
+and the 52 realistic captions of the gold set, repeated. Nothing is cached per caption or per tag
+sequence, so repeating a caption costs what a new one would.
 
-Run: python bench_concepts.py [--n 5000]
+One process first (wall-clock rate and rate per CPU-second, which is the per-core figure on a busy
+machine), then extraction over a process pool for each --workers count, to show how it scales: the wall
+rate (which needs that many free cores) and the rate per CPU-second of the workers (the pool start-up and
+the warm-up included), which stays at the one-process rate when the work splits without overhead.
+
+Run: python bench_concepts.py [--n=5000] [--workers=1,2]
 """
 
-import argparse
 import json
 import random
+import resource
 import time
+from dataclasses import dataclass
+from multiprocessing import Pool
 
 import concepts as C
+from cli import UsageError, run
+
+
+@dataclass
+class BenchConfig:
+    n: int = 5000                 # captions per set
+    workers: str = "1,2"          # comma-separated process counts for the scaling rows
+
 
 COLOURS = "red green blue yellow purple orange white pink".split()
 SHAPES = "circle square triangle ring star diamond".split()
@@ -28,29 +43,63 @@ def world_captions(n, seed=0):
     return out
 
 
-def rate(fn, captions):
-    fn(captions[0])  # build the tagger outside the timing
-    t0 = time.perf_counter()
-    for c in captions:
-        fn(c)
-    return len(captions) / (time.perf_counter() - t0)
-
-
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--n", type=int, default=5000, help="captions per set")
-    args = ap.parse_args()
+def gold_captions(n):
     with open(C.GOLD_PATH, encoding="utf-8") as f:
         gold = [json.loads(line)["caption"] for line in f if line.strip()]
-    sets = {"world": world_captions(args.n), "gold": (gold * (args.n // len(gold) + 1))[:args.n]}
-    print(f"tagger {C.tagger_name()} | one process | {args.n} captions per set")
+    return (gold * (n // len(gold) + 1))[:n]
+
+
+def rate(fn, captions):
+    """(captions per wall second, captions per CPU second of this process)"""
+    fn(captions[0])  # build the tagger outside the timing
+    t0, c0 = time.perf_counter(), time.process_time()
+    for c in captions:
+        fn(c)
+    return len(captions) / (time.perf_counter() - t0), len(captions) / max(time.process_time() - c0, 1e-9)
+
+
+def pool_rate(captions, workers):
+    """(captions per wall second, per CPU-second of the workers) of extraction over `workers` processes.
+    The CPU-second rate does not depend on how busy the machine is: equal to one process's rate, the
+    work splits with no overhead, and the wall rate grows with the free cores."""
+    chunk = max(1, len(captions) // (8 * workers))
+    cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    pool = Pool(workers)
+    pool.map(C.extract_concepts, captions[:workers * 4], chunksize=4)  # start and warm every worker
+    t0 = time.perf_counter()
+    pool.map(C.extract_concepts_batch, [captions[i:i + chunk] for i in range(0, len(captions), chunk)])
+    wall = time.perf_counter() - t0
+    pool.close()
+    pool.join()  # reaped workers count in RUSAGE_CHILDREN
+    cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
+    return len(captions) / wall, len(captions) / max(cpu, 1e-9)
+
+
+def main(cfg):
+    try:
+        workers = [int(w) for w in cfg.workers.split(",") if w]
+    except ValueError:
+        workers = []
+    if not workers or min(workers) < 1 or cfg.n < 1:
+        raise UsageError(f"--workers={cfg.workers!r} --n={cfg.n}: expected positive counts, "
+                         f"e.g. --workers=1,2 --n=5000")
+    sets = {"world": world_captions(cfg.n), "gold": gold_captions(cfg.n)}
+    print(f"tagger {C.tagger_name()} | one process | {cfg.n} captions per set | captions/s (per CPU-second)")
     for name, caps in sets.items():
         tag_rate = rate(lambda c: C.tag(C.tokenize(c)), caps)
         ext_rate = rate(C.extract_concepts, caps)
         neg_rate = rate(C.hard_negatives, caps)
-        print(f"{name:5s} | tokenize+tag {tag_rate:8.0f}/s | extract_concepts {ext_rate:7.0f}/s | "
-              f"hard_negatives k=4 {neg_rate:6.0f}/s")
+        print(f"{name:5s} | tokenize+tag {tag_rate[0]:7.0f} ({tag_rate[1]:.0f}) | extract_concepts {ext_rate[0]:6.0f} "
+              f"({ext_rate[1]:.0f}) | hard_negatives k=4 {neg_rate[0]:5.0f} ({neg_rate[1]:.0f})")
+    caps = sets["world"] + sets["gold"]
+    base = None
+    for w in workers:
+        wall, per_cpu = pool_rate(caps, w)
+        base = base or wall / w
+        print(f"extract_concepts over {w} worker(s): {wall:7.0f} captions/s ({wall / (base * w):.2f} of linear "
+              f"in wall time) | {per_cpu:6.0f} per worker CPU-second")
 
 
 if __name__ == "__main__":
-    main()
+    run(main, BenchConfig, doc=__doc__)

@@ -28,6 +28,7 @@ class MissingFileError(UsageError, FileNotFoundError):
 
 class Stopped(RuntimeError):
     """a run stopped on purpose (too many bad records, a non-finite loss): one line, exit status 3"""
+    exit_code = 3  # a subclass may name its own (train.Preempted: 75)
 
 
 def _field_comments(cls):
@@ -133,7 +134,7 @@ def run(main, cls, doc="", argv=None, prog=None):
         sys.exit(2)
     except Stopped as e:
         print(f"stopped: {e}", file=sys.stderr)
-        sys.exit(3)
+        sys.exit(e.exit_code)
 
 
 def run_command(commands, doc="", argv=None):

@@ -2,9 +2,9 @@
 Concepts (noun phrases) for C2LIP and rule-based hard negatives for DeGLA, offline and deterministic.
 
 C2LIP (arXiv 2603.25722, METHOD 2.1) aligns each noun phrase of a caption with the image. We extract the
-phrases with a Penn-Treebank tagger and a regular chunk grammar (nltk.RegexpParser) instead of the
-official LLM prompt. DeGLA (arXiv 2504.16801, METHOD 3.5) trains on LLM-written hard negatives; we write
-them with five small rules over the same tagger and chunks, in the official file schema.
+phrases with a Penn-Treebank tagger and a regular chunk grammar (nltk.RegexpParser's notation and matching)
+instead of the official LLM prompt. DeGLA (arXiv 2504.16801, METHOD 3.5) trains on LLM-written hard
+negatives; we write them with five small rules over the same tagger and chunks, in the official file schema.
 
 Concept rules (extract_concepts):
 - a concept is a chunk of GRAMMAR: determiners, possessive pronouns and numbers are kept ("a red dress",
@@ -91,22 +91,55 @@ def tokenize(text):
     return _TOKEN_RE.findall(text)
 
 
+# words that make the noun after them plural ("two", "several"); "the" is handled apart, see _opening_fix
+PLURAL_QUANTIFIERS = frozenset("several many some few these those both multiple numerous various".split())
+
+# plurals that often modify a following singular noun ("the sports car", "the clothes rack"); after "the",
+# "<plural> <singular>" is read as a compound for these, and as subject + verb for every other plural
+ATTRIBUTIVE_PLURALS = frozenset("sports arts clothes goods glasses news sales savings arms".split())
+
+
+def _plural_opening(word, tag):
+    w = word.lower()
+    return w in PLURAL_QUANTIFIERS or (tag == "CD" and w not in ("one", "1"))
+
+
+def _opening_fix(words, tags):
+    """A caption that opens with a plural subject and a bare verb ("Two people ski down a slope", "The
+    boys surf", "Several surfers paddle out") gets the verb tagged as a singular noun, and the chunk then
+    swallows it ("Two people ski"). A plural quantifier or "the", a plural noun, then a singular noun that
+    no noun follows: that noun is the verb. And after a plural quantifier, "<noun> <-s verb>" is a plural
+    noun ("Three teddy bears"): a -s verb cannot agree with a plural subject."""
+    if len(tags) < 3:
+        return tags
+    n3 = tags[3] if len(tags) > 3 else "."
+    plural = _plural_opening(words[0], tags[0])
+    the = words[0].lower() == "the" and words[1].lower() not in ATTRIBUTIVE_PLURALS
+    # a noun or verb next means the singular noun heads a compound subject ("the dogs bowl is empty")
+    if (plural or the) and tags[1] == "NNS" and tags[2] == "NN" and not n3.startswith(("NN", "VB", "MD", "POS")):
+        tags[2] = "VBP"
+    elif plural and tags[1] == "NN" and tags[2] == "VBZ":
+        tags[2] = "NNS"
+    return tags
+
+
 def _context_fixes(words, tags):
-    """Two agreement rules for the lexicon tagger's commonest caption errors (found on the gold set's
-    misses), where a word that can be a noun or a verb gets its out-of-context tag."""
+    """Agreement rules for the lexicon tagger's commonest caption errors (found on the gold set's
+    misses and in the opening "<quantifier> <plural> <verb>"), where a word that can be a noun or a verb
+    gets its out-of-context tag."""
     tags = list(tags)
     for i in range(1, len(tags)):
         # a base-form verb never follows a determiner, possessive or adjective: "a sink", "brown bear"
         if tags[i] in ("VB", "VBP") and tags[i - 1] in ("DT", "PRP$", "POS", "JJ"):
             tags[i] = "NN"
-        # "a/an <nouns> <plural>" cannot be one noun phrase: the plural is the verb ("a bus drives")
+        # "a/an/one <nouns> <plural>" cannot be one noun phrase: the plural is the verb ("a bus drives")
         if tags[i] == "NNS" and tags[i - 1] == "NN":
             j = i - 1
             while j > 0 and (tags[j].startswith(("NN", "JJ")) or tags[j] == "VBN"):
                 j -= 1
-            if tags[j] == "DT" and words[j].lower() in ("a", "an"):
+            if words[j].lower() in ("a", "an", "one") and tags[j] in ("DT", "CD"):
                 tags[i] = "VBZ"
-    return tags
+    return _opening_fix(words, tags)
 
 
 def tag(tokens):
@@ -153,21 +186,35 @@ collection box bowl cup glass plate bottle basket bag piece slice bite loaf roll
 mug carton bouquet bundle
 """.split())
 
-_parser = nltk.RegexpParser(GRAMMAR)
 _DET_TAGS = {"DT", "PDT", "PRP$", "CD"}
 
 
+def _grammar_regex(grammar):
+    """GRAMMAR's one chunk rule as a regex over a tag string "<DT><JJ><NN>", the way nltk.RegexpParser
+    compiles it (tag_pattern2re_pattern), so the spans are the parser's without building its trees."""
+    rule = grammar.strip()
+    label, _, body = rule.partition(":")
+    body = body.strip()
+    assert label.strip() == "NP" and body.startswith("{") and body.endswith("}") and "\n" not in body, \
+        "the fast chunker handles one chunk rule; keep GRAMMAR to one {...} line"
+    return re.compile(nltk.chunk.regexp.tag_pattern2re_pattern(body[1:-1]))
+
+
+_NP_RE = _grammar_regex(GRAMMAR)
+
+
 def _chunk_spans(tags):
-    """Token index ranges [start, end) of the GRAMMAR chunks, in caption order."""
-    # the parser only reads tags, so we pass token indices as the "words" to get spans back
-    tree = _parser.parse([(i, t) for i, t in enumerate(tags)])
-    spans, i = [], 0
-    for node in tree:
-        if isinstance(node, nltk.Tree):
-            spans.append((i, i + len(node)))
-            i += len(node)
-        else:
-            i += 1
+    """Token index ranges [start, end) of the GRAMMAR chunks, in caption order.
+
+    One regex scan of the tag string: leftmost, non-overlapping matches, as nltk.RegexpParser's chunk
+    rule finds them (tests/test_concepts.py checks equality with the parser on thousands of captions);
+    the parser itself costs ~4x more than tagging, for the same spans.
+    """
+    text = "<" + "><".join(tags) + ">" if tags else ""
+    spans = []
+    for m in _NP_RE.finditer(text):
+        s = text.count("<", 0, m.start())
+        spans.append((s, s + m.group().count("<")))
     return spans
 
 
@@ -599,15 +646,29 @@ def _pool_map(fn, items, workers, desc):
                          disable=quiet))
 
 
-def write_concept_cache(path, captions, concepts):
+def write_concept_cache(path, captions, concepts, keys=None):
+    """one JSON line a record: {"i", "caption", "concepts"}, or {"key", "caption", "concepts"} for shards"""
     with open(path, "w", encoding="utf-8") as f:
         for i, (c, cs) in enumerate(zip(captions, concepts)):
-            f.write(json.dumps({"i": i, "caption": c, "concepts": cs}, ensure_ascii=False) + "\n")
+            head = {"key": keys[i]} if keys is not None else {"i": i}
+            f.write(json.dumps({**head, "caption": c, "concepts": cs}, ensure_ascii=False) + "\n")
 
 
-def load_concept_cache(path, captions):
-    """Concept lists from a cache written by `concepts.py extract`, checked against the data's captions:
-    record count, index and caption text must match, or ValueError names the file and line."""
+def _check_concepts(cs, where):
+    if not isinstance(cs, list) or not cs or not all(isinstance(c, str) for c in cs):
+        raise UsageError(f"{where}: \"concepts\" must be a non-empty list of strings")
+    return cs
+
+
+def load_concept_cache(path, captions, keys=None):
+    """Concept lists from a cache written by `concepts.py extract`, checked against the data's captions.
+
+    keys=None (JSONL/CSV data): record count, index and caption text must match, line by line.
+    keys given (shards): records are joined by sample key, in any order; a key of the data that the cache
+    lacks, a cache that matches none of the data, or a caption that differs is a UsageError naming it.
+    """
+    if keys is not None:
+        return _load_keyed_cache(path, captions, keys)
     out = []
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, start=1):
@@ -622,21 +683,50 @@ def load_concept_cache(path, captions):
                 raise UsageError(f"{path}:{n}: expected a record with \"i\": {i}")
             if rec.get("caption") != captions[i]:
                 raise UsageError(f"{path}:{n}: cached caption {rec.get('caption')!r} != data caption {captions[i]!r}")
-            cs = rec.get("concepts")
-            if not isinstance(cs, list) or not cs or not all(isinstance(c, str) for c in cs):
-                raise UsageError(f"{path}:{n}: \"concepts\" must be a non-empty list of strings")
-            out.append(cs)
+            out.append(_check_concepts(rec.get("concepts"), f"{path}:{n}"))
     if len(out) != len(captions):
         raise UsageError(f"{path}: {len(out)} records but the data has {len(captions)} captions")
     return out
 
 
+def _load_keyed_cache(path, captions, keys):
+    by_key = {}
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise UsageError(f"{path}:{n}: bad JSON line ({err})") from None
+            if not isinstance(rec, dict) or not isinstance(rec.get("key"), str):
+                raise UsageError(f"{path}:{n}: no \"key\" (a cache for shards is keyed by sample key); "
+                                 f"write it with python concepts.py extract --data=<the shards>")
+            by_key[rec["key"]] = (n, rec)
+    if not any(k in by_key for k in keys):
+        raise UsageError(f"{path}: none of its {len(by_key)} keys is a sample key of the data; "
+                         f"it was written for other shards")
+    out = []
+    for key, caption in zip(keys, captions):
+        if key not in by_key:
+            raise UsageError(f"{path}: no record for sample key {key!r}; re-run python concepts.py extract on these shards")
+        n, rec = by_key[key]
+        if rec.get("caption") != caption:
+            raise UsageError(f"{path}:{n}: key {key!r}: cached caption {rec.get('caption')!r} != data caption {caption!r}")
+        out.append(_check_concepts(rec.get("concepts"), f"{path}:{n}"))
+    return out
+
+
 def _image_id(rec, i):
-    """The record's image id: image_id / image / image_path / filepath, else its index; digits -> int."""
-    for key in ("image_id", "image", "image_path", "filepath"):
-        v = rec.get(key)
-        if v is not None and v != "":
-            return int(v) if isinstance(v, str) and v.isdigit() else v
+    """The record's integer image id, which the official DeGLA reader turns into a COCO file name: an
+    image_id field (int or digits), else the COCO id in its image path or URL, else the record index."""
+    from shards import coco_image_id
+    v = rec.get("image_id")
+    if isinstance(v, int) or (isinstance(v, str) and v.strip().isdigit()):
+        return int(v)
+    for key in ("image", "image_path", "filepath", "file_name", "url"):
+        if isinstance(rec.get(key), str) and coco_image_id(rec[key]) is not None:
+            return coco_image_id(rec[key])
     return i
 
 
@@ -686,9 +776,10 @@ def main(argv=None):
     ex = sub.add_parser("extract", help="write a concept cache (JSONL) for a caption file")
     ng = sub.add_parser("negatives", help="write hard negatives in the official DeGLA schema")
     for p in (ex, ng):
-        p.add_argument("--data", required=True, help="JSONL or CSV with a caption column")
+        p.add_argument("--data", required=True, help="JSONL or CSV with a caption column, or WebDataset shards "
+                       "(a brace pattern, a folder or a .txt list; caption from {key}.txt or a field of {key}.json)")
         p.add_argument("--out", required=True)
-        p.add_argument("--workers", type=int, default=1)
+        p.add_argument("--workers", type=int, default=1, help="processes (indexing shards, then captions)")
         p.add_argument("--caption-key", default="caption")
     ng.add_argument("--k", type=int, default=4)
     ng.add_argument("--seed", type=int, default=0)
@@ -703,14 +794,14 @@ def main(argv=None):
               f"recall {s['recall']:.3f} f1 {s['f1']:.3f} exact {s['exact']:.3f}")
         return
 
-    records = read_records(args.data, args.caption_key)
+    records, keys = _read_source(args.data, args.caption_key, args.out, args.workers)
     captions = [r[args.caption_key] for r in records]
     print(f"tagger {tagger_name()} | {len(captions)} captions from {args.data}", file=sys.stderr)
     t0 = time.perf_counter()
     if args.cmd == "extract":
         concepts = _pool_map(extract_concepts, captions, args.workers, "concepts")
         dt = time.perf_counter() - t0
-        write_concept_cache(args.out, captions, concepts)
+        write_concept_cache(args.out, captions, concepts, keys)
         mean = sum(map(len, concepts)) / max(len(concepts), 1)
         print(f"tagger {tagger_name()} | {len(captions) / max(dt, 1e-9):.0f} captions/s with {args.workers} "
               f"worker(s) | {mean:.2f} concepts per caption | wrote {args.out}")
@@ -718,14 +809,30 @@ def main(argv=None):
         jobs = [(c, args.k, args.seed) for c in captions]
         negs = _pool_map(_negatives_job, jobs, args.workers, "negatives")
         dt = time.perf_counter() - t0
-        # METHOD 3.5: a caption that cannot give k distinct negatives is dropped from the file
-        out = [{"image_id": _image_id(r, i), "original": c, "enhanced": n}
+        # METHOD 3.5: a caption that cannot give k distinct negatives is dropped from the file; shards add
+        # the sample key, by which training joins the file (the official reader ignores the extra field)
+        out = [{"image_id": _image_id(r, i), **({"key": keys[i]} if keys else {}), "original": c, "enhanced": n}
                for i, (r, c, n) in enumerate(zip(records, captions, negs)) if len(n) >= args.k]
         with open(args.out, "w", encoding="utf-8") as f:
             json.dump(out, f, ensure_ascii=False)
         print(f"tagger {tagger_name()} | {len(captions) / max(dt, 1e-9):.0f} captions/s with {args.workers} "
               f"worker(s) | {len(out)} records written, {len(captions) - len(out)} dropped (< {args.k} "
               f"distinct negatives) | wrote {args.out}")
+
+
+def _read_source(spec, caption_key, out, workers):
+    """(records [{caption_key: caption, "image_id"?}], sample keys or None) of a JSONL/CSV file or of shards"""
+    import shards
+    if not shards.is_shards(spec):
+        return read_records(spec, caption_key), None
+    # shards: the cached index (built here in parallel over shards if missing) holds captions and keys;
+    # bad samples are left out, as training leaves them out
+    index = shards.load_index(spec, caption_key, os.path.dirname(os.path.abspath(out)), workers)
+    if index.problems:
+        print(f"{len(index.problems)} bad samples or shards left out (first: {index.problems[0]})", file=sys.stderr)
+    records = [{caption_key: c, **({"image_id": iid} if iid is not None else {})}
+               for c, iid in zip(index.captions, index.image_ids)]
+    return records, index.keys
 
 
 if __name__ == "__main__":

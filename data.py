@@ -492,7 +492,8 @@ class Collate:
         self.tokenizer = tokenizer
 
     def __call__(self, items):
-        skipped = [{"index": it["index"], "reason": it["skip"]} for it in items if "skip" in it]
+        # what an unreadable item says about itself (index; shard and key for shards), then why
+        skipped = [{**{k: v for k, v in it.items() if k != "skip"}, "reason": it["skip"]} for it in items if "skip" in it]
         items = [it for it in items if "skip" not in it]
         captions = [it["caption"] for it in items]
         if not items:  # every image of this rank's batch was unreadable
@@ -527,12 +528,16 @@ class ResumableSampler(torch.utils.data.DistributedSampler):
         return self.num_samples - self.skip
 
 
-def make_loader(dataset, batch_size, collate, rank=0, world_size=1, seed=0, workers=0, shuffle=True):
-    """per-rank loader over a DistributedSampler (world size 1 included); call sampler.set_epoch each epoch"""
+def make_loader(dataset, batch_size, collate, rank=0, world_size=1, seed=0, workers=0, shuffle=True, pin=False):
+    """per-rank loader over a DistributedSampler (world size 1 included); call sampler.set_epoch each epoch.
+    pin: page-locked batches, so the loop's non_blocking copies to the GPU really overlap"""
     sampler = ResumableSampler(dataset, num_replicas=world_size, rank=rank,
                                                   shuffle=shuffle, seed=seed, drop_last=True)
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate,
-                                       num_workers=workers, drop_last=True, persistent_workers=workers > 0)
+                                       num_workers=workers, drop_last=True, pin_memory=pin,
+                                       # not persistent: workers started per epoch copy the dataset then, with
+                                       # the epoch the loop just set (persistent ones would crop as in epoch 0)
+                                       persistent_workers=False)
 
 
 def has_held_out_pair(objects):
@@ -679,6 +684,43 @@ def export_world_relations(root, n_scenes=1000, seed=0, image_size=32, part="all
         with open(os.path.join(folder, f"{sub}.json"), "w", encoding="utf-8") as f:
             json.dump(records, f, indent=1)
     return folder
+
+
+def export_world_shards(root, n_scenes=40000, seed=0, image_size=32, shard_size=1000, min_objects=2, max_objects=3):
+    """Write the training world as WebDataset shards, the layout img2dataset writes, so that training from
+    shards can be run end to end on the built-in scenes (`python train.py --data=<root>`):
+
+        root/00000.tar, 00001.tar, ...    shard_size samples each, the last one shorter
+            {key}.png                     the scene, lossless (a JPEG would blur 32 px shapes)
+            {key}.txt                     its long caption
+            {key}.json                    {"key", "caption", "index"}
+
+    Scene i is make_world's scene i (the same (seed, index) stream as --data=world). Returns the shard paths.
+    """
+    import io
+    import tarfile
+    os.makedirs(root, exist_ok=True)
+    images, captions, _ = make_world(n_scenes, seed, image_size, min_objects, max_objects)
+    paths = []
+
+    def add(tar, name, payload):
+        info = tarfile.TarInfo(name)
+        info.size, info.mtime = len(payload), 0  # fixed mtime: the same scenes give the same bytes
+        tar.addfile(info, io.BytesIO(payload))
+
+    for s in range(0, n_scenes, shard_size):
+        paths.append(os.path.join(root, f"{s // shard_size:05d}.tar"))
+        tmp = paths[-1] + ".tmp"
+        with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
+            for i in range(s, min(s + shard_size, n_scenes)):
+                key = f"{i:09d}"
+                buf = io.BytesIO()
+                Image.fromarray(images[i]).save(buf, format="PNG")
+                add(tar, f"{key}.png", buf.getvalue())
+                add(tar, f"{key}.txt", captions[i].encode("utf-8"))
+                add(tar, f"{key}.json", json.dumps({"key": key, "caption": captions[i], "index": i}).encode("utf-8"))
+        os.replace(tmp, paths[-1])
+    return paths
 
 
 if __name__ == "__main__":

@@ -5,14 +5,14 @@ A SigLIP-style dual encoder, written from scratch.
   text tower:  token + pos embeddings -> pre-LN blocks (no masks) -> final LN -> last position -> Linear
   match logit: exp(logit_scale) * <x, y> + logit_bias, with x, y L2-normalised
 
-No CLS token, no projection after the MAP head (SigLIP ViT-B/16, ../shared/METHOD.md section 1).
+No CLS token, no projection after the MAP head (SigLIP ViT-B/16; METHOD.md, 'Image tower and MAP head').
 `encode_image(..., return_tokens=True)` also returns the per-patch tokens through the MAP head's
-value path (METHOD.md 2.3), which the C2LIP losses pool per concept.
+value path (METHOD.md, 'Visual tokens: the MAP value path'), which the C2LIP losses pool per concept.
 
 The tokenizer lives here too: a word-level tokenizer whose vocabulary is built from the training
 captions and saved inside every checkpoint, so nothing is downloaded. Anything with the same small
 interface (`encode`, `vocab_size`, `context_length`, `state_dict`) can replace it; the SentencePiece
-tokenizer of pretrained SigLIP (imported by convert.py) is the other one here.
+tokenizers of pretrained SigLIP (T5-style) and SigLIP 2 (Gemma), imported by convert.py, are the others.
 
     python model.py             # prints the parameter count of every preset
 """
@@ -26,6 +26,8 @@ from dataclasses import dataclass, asdict
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from cli import UsageError
 
 # -----------------------------------------------------------------------------
 # config and size presets
@@ -46,9 +48,16 @@ class ModelConfig:
     embed_dim: int = 128       # joint space; must equal width (no projection after the MAP head)
     mlp_ratio: float = 4.0     # MLP hidden = round(width * mlp_ratio), both towers and the MAP head
     ln_eps: float = 1e-6
-    act: str = "gelu"          # "gelu" (exact erf: OpenCLIP/timm SigLIP) or "gelu_tanh" (HF SigLIP, big_vision)
+    vision_act: str = "gelu"   # image tower and MAP head: "gelu" (exact: timm/OpenCLIP) or "gelu_tanh" (HF, big_vision)
+    text_act: str = "gelu"     # text tower; OpenCLIP's SigLIP 2 pairs gelu_tanh here with gelu in the image tower
+    act: str = ""              # old checkpoints' one activation for both towers; when set, it sets the two above
     init_logit_scale: float = math.log(10.0)
     init_logit_bias: float = -10.0
+
+    def __post_init__(self):
+        if self.act:  # a model_config dict saved before the per-tower activations
+            self.vision_act = self.text_act = self.act
+            self.act = ""
 
 
 # named sizes; "tiny" trains on a 2-core CPU in minutes, "B/16" is SigLIP ViT-B/16 (webli)
@@ -67,6 +76,22 @@ def model_config(preset="tiny", **overrides):
     cfg = dict(PRESETS[preset])
     cfg.update(overrides)
     return ModelConfig(**cfg)
+
+
+# what a preset fixes; vocabulary, activations and eps vary between checkpoints of one size
+PRESET_KEYS = ("image_size", "patch_size", "width", "depth", "heads", "text_width", "text_depth", "text_heads",
+               "context_length", "embed_dim", "mlp_ratio")
+
+
+def preset_name(cfg):
+    """the preset whose sizes cfg has ("B/16"), else "custom" with the sizes spelled out"""
+    for name in PRESETS:
+        ref = model_config(name)
+        if all(getattr(cfg, k) == getattr(ref, k) for k in PRESET_KEYS):
+            return name
+    return (f"custom-vit{cfg.width}x{cfg.depth}h{cfg.heads}-p{cfg.patch_size}@{cfg.image_size}"
+            f"-text{cfg.text_width}x{cfg.text_depth}h{cfg.text_heads}-ctx{cfg.context_length}"
+            f"-mlp{cfg.mlp_ratio:g}-d{cfg.embed_dim}")
 
 # -----------------------------------------------------------------------------
 # tokenizer
@@ -136,6 +161,7 @@ class SentencePieceTokenizer:
     sentencepiece`. One known difference from HF: '_' becomes a space here (big_vision, OpenCLIP)
     while HF's canonicalisation deletes it.
     """
+    kind = "sentencepiece"
 
     def __init__(self, model_proto, context_length):
         try:
@@ -146,39 +172,42 @@ class SentencePieceTokenizer:
         try:
             self.sp = spm.SentencePieceProcessor(model_proto=self.proto)
         except Exception as e:
-            raise ValueError(f"not a valid SentencePiece model ({len(self.proto)} bytes): {e}") from None
+            raise UsageError(f"not a valid SentencePiece model ({len(self.proto)} bytes): {e}") from None
         self.EOS = self.PAD = self.sp.eos_id()
         if self.EOS < 0:
-            raise ValueError("this SentencePiece model defines no EOS piece")
+            raise UsageError("this SentencePiece model defines no EOS piece")
         self.context_length = context_length
 
     @classmethod
-    def from_file(cls, path, context_length):
+    def from_file(cls, path, context_length, **kw):
         with open(path, "rb") as f:
-            return cls(f.read(), context_length)
+            return cls(f.read(), context_length, **kw)
 
     @property
     def vocab_size(self):
         return self.sp.get_piece_size()
 
+    def clean(self, text):
+        return canonicalize(text)
+
     def encode(self, texts):
         """list of str -> LongTensor (n, context_length)"""
         out = torch.full((len(texts), self.context_length), self.PAD, dtype=torch.long)
-        for i, ids in enumerate(self.sp.encode([canonicalize(t) for t in texts])):
+        for i, ids in enumerate(self.sp.encode([self.clean(t) for t in texts])):
             ids = ids[: self.context_length - 1] + [self.EOS]
             out[i, : len(ids)] = torch.tensor(ids)
         return out
 
     def token_counts(self, texts):
         """pieces of each text before truncation, EOS excluded"""
-        return [len(ids) for ids in self.sp.encode([canonicalize(t) for t in texts])]
+        return [len(ids) for ids in self.sp.encode([self.clean(t) for t in texts])]
 
     def decode(self, ids):
-        return self.sp.decode([i for i in ids if i != self.EOS])
+        return self.sp.decode([i for i in ids if i not in (self.PAD, self.EOS)])
 
     def state_dict(self):
         # a tensor, not bytes: loads under torch.load(weights_only=True) on every torch version we support
-        return {"kind": "sentencepiece", "model": torch.frombuffer(bytearray(self.proto), dtype=torch.uint8),
+        return {"kind": self.kind, "model": torch.frombuffer(bytearray(self.proto), dtype=torch.uint8),
                 "context_length": self.context_length}
 
     @classmethod
@@ -186,11 +215,48 @@ class SentencePieceTokenizer:
         return cls(state["model"].numpy().tobytes(), state["context_length"])
 
 
+# how SigLIP 2's text is cleaned before the Gemma model sees it: OpenCLIP canonicalises (as for SigLIP);
+# transformers' Siglip2Tokenizer only lowercases (its model card: "trained with lowercased text")
+GEMMA_CLEAN = {"canonicalize": canonicalize, "lower": str.lower}
+
+
+class GemmaTokenizer(SentencePieceTokenizer):
+    """SigLIP 2's tokenizer (Gemma SentencePiece, 256k pieces): clean, encode (no BOS), EOS, pad with id 0.
+
+    Ids as in Gemma: pad 0, eos 1, bos 2, unk 3; unlike SigLIP, pad is not EOS, so the last position the text
+    tower pools is a pad for short captions, as in the reference models. Truncation keeps the EOS last, as HF's
+    tokenizers with add_eos_token=True do. `clean` is "canonicalize" (OpenCLIP's ViT-*-SigLIP2 configs) or
+    "lower" (transformers). Text is encoded literally: "<eos>" written in a caption stays characters, where
+    transformers' tokenizers would turn it into the control id (canonicalising removes the brackets anyway).
+    """
+    kind = "gemma"
+    IDS = {"pad": 0, "eos": 1, "bos": 2, "unk": 3}
+
+    def __init__(self, model_proto, context_length, clean="canonicalize"):
+        super().__init__(model_proto, context_length)
+        found = {"pad": self.sp.pad_id(), "eos": self.sp.eos_id(), "bos": self.sp.bos_id(), "unk": self.sp.unk_id()}
+        if found != self.IDS:
+            raise UsageError(f"not a Gemma SentencePiece model: special ids {found}, expected {self.IDS}")
+        if clean not in GEMMA_CLEAN:
+            raise ValueError(f"unknown text cleaning {clean!r}; known: {', '.join(GEMMA_CLEAN)}")
+        self.PAD, self.EOS, self.clean_mode = self.IDS["pad"], self.IDS["eos"], clean
+
+    def clean(self, text):
+        return GEMMA_CLEAN[self.clean_mode](text)
+
+    def state_dict(self):
+        return {**super().state_dict(), "clean": self.clean_mode}
+
+    @classmethod
+    def from_state_dict(cls, state):
+        return cls(state["model"].numpy().tobytes(), state["context_length"], state["clean"])
+
+
 def tokenizer_from_state_dict(state):
     """rebuild whichever tokenizer a checkpoint carries"""
-    kinds = {"word": WordTokenizer, "sentencepiece": SentencePieceTokenizer}
+    kinds = {"word": WordTokenizer, "sentencepiece": SentencePieceTokenizer, "gemma": GemmaTokenizer}
     if state.get("kind") not in kinds:
-        raise ValueError(f"unknown tokenizer kind {state.get('kind')!r} in checkpoint")
+        raise UsageError(f"unknown tokenizer kind {state.get('kind')!r} in checkpoint")
     return kinds[state["kind"]].from_state_dict(state)
 
 # -----------------------------------------------------------------------------
@@ -210,7 +276,7 @@ class MLP(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x):
-        # the two SigLIP ports differ here: timm/OpenCLIP use exact GELU, HF and big_vision the tanh form
+        # the SigLIP ports differ here: timm/OpenCLIP exact, HF and big_vision tanh, OpenCLIP SigLIP 2 tanh in text only
         return self.fc2(F.gelu(self.fc1(x), approximate=self.approximate))
 
 
@@ -283,10 +349,10 @@ class VisionTower(nn.Module):
         self.num_patches = (cfg.image_size // cfg.patch_size) ** 2
         self.patch_embed = nn.Conv2d(3, cfg.width, cfg.patch_size, stride=cfg.patch_size)
         self.pos_embed = nn.Parameter(torch.zeros(1, self.num_patches, cfg.width))
-        self.blocks = nn.ModuleList([Block(cfg.width, cfg.heads, cfg.mlp_ratio, cfg.ln_eps, cfg.act)
+        self.blocks = nn.ModuleList([Block(cfg.width, cfg.heads, cfg.mlp_ratio, cfg.ln_eps, cfg.vision_act)
                                      for _ in range(cfg.depth)])
         self.norm = nn.LayerNorm(cfg.width, eps=cfg.ln_eps)
-        self.attn_pool = MAPHead(cfg.width, cfg.heads, cfg.mlp_ratio, cfg.ln_eps, cfg.act)
+        self.attn_pool = MAPHead(cfg.width, cfg.heads, cfg.mlp_ratio, cfg.ln_eps, cfg.vision_act)
 
     def forward(self, images, return_tokens=False):
         x = self.patch_embed(images).flatten(2).transpose(1, 2)  # (B, T, width)
@@ -301,7 +367,7 @@ class TextTower(nn.Module):
         super().__init__()
         self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.text_width)
         self.positional_embedding = nn.Parameter(torch.zeros(cfg.context_length, cfg.text_width))
-        self.blocks = nn.ModuleList([Block(cfg.text_width, cfg.text_heads, cfg.mlp_ratio, cfg.ln_eps, cfg.act)
+        self.blocks = nn.ModuleList([Block(cfg.text_width, cfg.text_heads, cfg.mlp_ratio, cfg.ln_eps, cfg.text_act)
                                      for _ in range(cfg.text_depth)])
         self.ln_final = nn.LayerNorm(cfg.text_width, eps=cfg.ln_eps)
         self.text_projection = nn.Linear(cfg.text_width, cfg.embed_dim)

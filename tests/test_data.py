@@ -106,3 +106,28 @@ def test_sampler_skip_resumes_the_same_order():
     part.sampler.set_epoch(2)
     part.sampler.skip = 12
     assert [i for b in part for i in b["index"].tolist()] == order[12:]
+
+
+def test_worker_processes_see_the_epoch_of_the_loop(tmp_path):
+    # crops are a function of (seed, epoch, index); worker processes must crop with the epoch the loop set,
+    # so that --workers changes nothing, across epochs and across a resume
+    import train
+    rng = np.random.default_rng(0)
+    with open(tmp_path / "d.jsonl", "w") as f:
+        for i in range(8):
+            Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+            f.write(json.dumps({"image": f"{i}.png", "caption": f"a red circle {i}"}) + "\n")
+    ds = data.CaptionFileDataset(str(tmp_path / "d.jsonl"), 16, train=True)
+    tok = WordTokenizer.build(ds.captions, 8)
+
+    def images(workers, start_step):
+        loader = data.make_loader(ds, 4, data.Collate(tok), workers=workers)
+        it = train.epoch_batches(loader, ds, start_step, 4)
+        return [next(it)["images"] for _ in range(6 - start_step)]  # 3 epochs of 2 steps
+
+    ref = images(0, 0)
+    assert not torch.equal(ref[0], ref[2])  # epochs crop differently
+    for got, want in zip(images(2, 0), ref):
+        assert torch.equal(got, want)
+    for got, want in zip(images(2, 3), ref[3:]):  # resumed in the middle of epoch 1
+        assert torch.equal(got, want)

@@ -78,3 +78,35 @@ def test_token_counts_before_truncation():
     assert tok.token_counts(["A red, circle!", "", "a a a a a"]) == [3, 0, 5]
     # a caption is cut exactly when its count exceeds context - 1
     assert tok.encode(["a a a"])[0].tolist()[-1] == tok.EOS and tok.token_counts(["a a a"])[0] == 3
+
+
+def test_old_checkpoint_single_activation_loads():
+    # model_config dicts saved before the per-tower activations carry one `act`; it sets both towers
+    from dataclasses import asdict
+    from model import ModelConfig
+    old = {k: v for k, v in asdict(model_config("tiny", vocab_size=40)).items() if k not in ("vision_act", "text_act")}
+    cfg = ModelConfig(**{**old, "act": "gelu_tanh"})
+    assert (cfg.vision_act, cfg.text_act, cfg.act) == ("gelu_tanh", "gelu_tanh", "")
+    assert ModelConfig(**asdict(cfg)) == cfg  # saved again, it reloads as itself
+    m = DualEncoder(cfg)
+    assert m.visual.blocks[0].mlp.approximate == m.visual.attn_pool.mlp.approximate == "tanh"
+    assert m.text.blocks[0].mlp.approximate == "tanh"
+
+
+def test_activation_per_tower():
+    m = tiny(vision_act="gelu", text_act="gelu_tanh")
+    assert m.visual.blocks[0].mlp.approximate == m.visual.attn_pool.mlp.approximate == "none"
+    assert m.text.blocks[-1].mlp.approximate == "tanh"
+    tokens = torch.randint(0, 40, (2, 16))
+    same = tiny(vision_act="gelu", text_act="gelu")  # same seed, same weights: only the text activation differs
+    assert not torch.equal(m.encode_text(tokens), same.encode_text(tokens))
+    images = torch.randn(2, 3, 32, 32)
+    assert torch.equal(m.encode_image(images)[0], same.encode_image(images)[0])
+
+
+def test_preset_name():
+    from model import PRESETS, preset_name
+    for name in PRESETS:
+        assert preset_name(model_config(name, vocab_size=7, text_act="gelu_tanh", ln_eps=1e-5)) == name
+    label = preset_name(model_config("B/16", context_length=77))
+    assert label.startswith("custom-vit768x12h12-p16@224-text768x12h12-ctx77")

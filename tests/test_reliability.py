@@ -69,8 +69,7 @@ def test_crash_mid_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
     real_save = torch.save
 
     def dying_save(obj, f, *a, **k):
-        with open(f, "wb") as fh:
-            fh.write(b"half a checkp")  # a partial file, then the process "dies"
+        f.write(b"half a checkp")  # a partial file (checkpoint.py hands torch.save an open file), then "dies"
         raise KeyboardInterrupt
 
     monkeypatch.setattr(torch, "save", dying_save)

@@ -1,0 +1,137 @@
+"""Smoke tests of the benchmarks (bench_train.py, bench_xac.py) at tiny sizes, and parity of what they count.
+Not timing tests: they check that the benchmarks run and report sane fields, that the analytic FLOPs of a step
+equal torch's FLOP counter, and that the per-concept loop baselines compute the closed form's L_xac.
+Run: python -m pytest -q tests/test_bench.py   (CPU, ~15 s on an idle 2-core machine)"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import bench_train as BT  # noqa: E402
+import bench_xac as BX  # noqa: E402
+import cli  # noqa: E402
+import losses  # noqa: E402
+
+CPU = torch.device("cpu")
+# the tiny preset, and an odd small config: uneven widths, MLP ratio 3, 9 patches, context 8
+CONFIGS = {
+    "tiny": BT.model_config("tiny"),
+    "odd": BT.model_config("tiny", image_size=24, patch_size=8, width=48, depth=2, heads=3, text_width=40,
+                           text_depth=1, text_heads=2, context_length=8, embed_dim=48, mlp_ratio=3.0, vocab_size=64),
+}
+
+
+def run_script(*args):
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+# ----------------------------------------------------------------------------- FLOPs
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.parametrize("loss", ["siglip", "c2lip", "degla"])
+def test_analytic_step_flops_equal_flop_counter(loss, name):
+    # the whole step (forward, losses, backward, teacher forward, AdamW) under torch's counter; the math
+    # attention backend is used because the counter does not see the fused CPU attention kernel
+    cfg = CONFIGS[name]
+    bcfg = BT.BenchConfig(loss=loss, batch=3, concepts=2, negatives=2)
+    step, (model, _, _, batch) = BT.build_ours(cfg, bcfg, CPU)
+    want = BT.step_flops(cfg, loss, 3, concepts=2, negatives=2)
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as fwd:
+        model(batch["images"], batch["tokens"], batch.get("concept_tokens", batch.get("negative_tokens")),
+              return_tokens=loss == "c2lip")
+    assert fwd.get_total_flops() == want["model_fwd"]
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as whole:
+        step()
+    assert whole.get_total_flops() == want["total"], (whole.get_flop_counts(), want)
+
+
+def test_b16_flops_scale():
+    # B/16 at 224 px: ~2 x 86M params x 196 tokens per image tower forward, the text tower alike at 64 tokens
+    f = BT.step_flops(BT.model_config("B/16"), "siglip", 1)
+    assert 30e9 < f["model_fwd"] < 60e9 and f["model_bwd"] > 1.9 * f["model_fwd"]
+    assert BT.step_flops(BT.model_config("B/16"), "c2lip", 1)["total"] > f["total"]
+
+# ----------------------------------------------------------------------------- bench_train
+
+
+def check_result(out, loss, memory):
+    assert out["peak_flop_s"] > 0 and out["flops"][loss]["total"] > 0
+    r = out["results"][loss]
+    assert len(r["step_s"]) == out["config"]["steps"] and min(r["step_s"]) > 0
+    assert r["step_s_min"] <= r["step_s_median"] and r["img_s"] > 0
+    assert r["flop_s"] > 0 and 0 < r["mfu"] < 5  # a fraction; > 1 only from a badly measured peak
+    assert r["params"] == BT.DualEncoder(BT.model_config("tiny")).num_params()
+    if memory:
+        assert r["peak_mem_bytes"] > 4 * r["params"]  # at least the fp32 weights
+
+
+def test_bench_train_cli_json():
+    res = run_script("bench_train.py", "--loss=c2lip", "--batch=4", "--steps=2", "--warmup=1", "--threads=1",
+                     "--peak_size=256", "--json")
+    assert res.returncode == 0, res.stderr
+    check_result(json.loads(res.stdout.strip().splitlines()[-1]), "c2lip", memory=True)
+
+
+def test_bench_train_alternates_losses():
+    out = BT.run(BT.BenchConfig(loss="siglip,degla", batch=4, steps=2, warmup=1, memory=False, peak_size=256))
+    for loss in ("siglip", "degla"):
+        check_result(out, loss, memory=False)
+        assert (out["flops"][loss]["teacher_fwd"] > 0) == (loss == "degla")
+    assert set(out["ratios"]) == {"degla/siglip"} and out["ratios"]["degla/siglip"]["median"] > 0
+    BT.print_table(out)
+
+
+@pytest.mark.parametrize("args", [["--loss=clip"], ["--loss=siglip,siglip"], ["--compare=openclip"], ["--batch=0"],
+                                  ["--nope=1"], ["--bf16"]])
+def test_bench_train_bad_input_is_one_line(args, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.run(BT.main, BT.BenchConfig, argv=args, prog="bench_train.py")
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and err.startswith("error: ") and "\n" not in err, err
+
+
+# ----------------------------------------------------------------------------- bench_xac
+
+
+def xac_inputs(B=5, N=7, T=6, d=8, dtype=torch.float64):
+    g = torch.Generator().manual_seed(0)
+    tokens = F.normalize(torch.randn(B, T, d, generator=g, dtype=dtype), dim=-1).requires_grad_()
+    c = F.normalize(torch.randn(N, d, generator=g, dtype=dtype), dim=-1).requires_grad_()
+    owner = torch.randint(0, B, (N,), generator=g)
+    t = torch.tensor(2.3, dtype=dtype, requires_grad=True)
+    b = torch.tensor(-1.0, dtype=dtype, requires_grad=True)
+    return tokens, c, owner, t, b
+
+
+@pytest.mark.parametrize("loop", [BX.loop_loss, BX.loop_bmm_loss])
+def test_loop_baselines_compute_the_closed_form(loop):
+    inputs = xac_inputs()
+    want = losses.xattn_concept_loss(*inputs, temperature=1.0)
+    want_grads = torch.autograd.grad(want, [inputs[0], inputs[1], inputs[3], inputs[4]])
+    got = loop(*inputs)
+    got_grads = torch.autograd.grad(got, [inputs[0], inputs[1], inputs[3], inputs[4]])
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    for g, w in zip(got_grads, want_grads):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", BX.METHODS)
+def test_bench_xac_runs_every_method(method):
+    r = BX.run_one(4, 6, 5, 8, method, "cpu", torch.float32, chunk=2, reps=2)
+    assert (r["B"], r["N"], r["T"], r["d"], r["method"]) == (4, 6, 5, 8, method)
+    assert 0 < r["ms_min"] <= r["ms_median"] and r["peak_MiB"] >= 0
+
+
+def test_bench_xac_bad_shapes():
+    assert BX.parse_shapes("4x6x5x8,2x3x4x5") == [(4, 6, 5, 8), (2, 3, 4, 5)]
+    with pytest.raises(cli.UsageError):
+        BX.parse_shapes("4x6x5")
