@@ -89,10 +89,10 @@ STUDY = [  # run in this order, setting by setting; the two plain rows are the p
     ("C2LIP, lr 1e-4", "c2lip", {"lr": 1e-4}),
     ("SigLIP ft, lr 1e-4", "siglip", {"lr": 1e-4}),
     ("C2LIP, L_npc weight 0.1", "c2lip", {"npc_weight": 0.1}),
-    ("SigLIP ft (control)", "siglip", {}),
-    ("C2LIP", "c2lip", {}),
     ("SigLIP ft, 100 steps", "siglip", {"steps": 100}),
     ("C2LIP, 100 steps", "c2lip", {"steps": 100}),
+    ("SigLIP ft (control)", "siglip", {}),
+    ("C2LIP", "c2lip", {}),
     ("C2LIP, L_npc 0.1, L_xac 0.1", "c2lip", {"npc_weight": 0.1, "xac_weight": 0.1}),
 ]
 COLUMNS = [  # (metric key of evaluate_world, header)
