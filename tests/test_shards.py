@@ -284,7 +284,7 @@ def test_concept_cache_and_negatives_keyed_by_sample_key(tmp_path):
     root = make_shards(tmp_path / "s", [6, 4])
     index = shards.load_index(root)
     cache = str(tmp_path / "concepts.jsonl")
-    concepts.main(["extract", "--data", root, "--out", cache, "--workers", "2"])
+    concepts.main(["extract", f"--data={root}", f"--out={cache}", "--workers=2"])
     assert concepts.load_concept_cache(cache, index.captions, index.keys) == concepts.extract_concepts_batch(index.captions)
     lines = open(cache).read().splitlines()
     open(cache, "w").write("\n".join(lines[::-1]) + "\n")  # order does not matter, keys do
@@ -297,7 +297,7 @@ def test_concept_cache_and_negatives_keyed_by_sample_key(tmp_path):
         concepts.load_concept_cache(cache, index.captions, other)
 
     neg = str(tmp_path / "neg.json")
-    concepts.main(["negatives", "--data", root, "--out", neg, "--k", "2"])
+    concepts.main(["negatives", f"--data={root}", f"--out={neg}", "--k=2"])
     recs = json.load(open(neg))
     assert all(isinstance(r["image_id"], int) and r["key"] in index.keys for r in recs)
     cfg = train.Config(data=root, negatives=neg, num_negatives=2)
