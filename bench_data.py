@@ -16,7 +16,6 @@ reads included), so other load on a shared machine does not count; the rounds al
 table gives the median and best round. The last columns compare each method's output to naive's (pixel levels, 0..255): the tolerance.
 """
 
-import argparse
 import io
 import json
 import math
@@ -26,6 +25,7 @@ import statistics
 import tarfile
 import tempfile
 import time
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
@@ -112,17 +112,17 @@ def tolerance(fns, n, size):
     return out
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--images", default="500x375,640x480,1024x768", help="source JPEG sizes, WxH, comma-separated")
-    ap.add_argument("--sizes", default="224,384", help="output sizes")
-    ap.add_argument("--n", type=int, default=48, help="images per set")
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--gpu_img_s", default="224:1500,384:500",
-                    help="ASSUMED training rate of one GPU at the B/16 recipe, img/s per output size (not measured "
-                         "here; 384 px has 2.9x the patches of 224 px)")
-    ap.add_argument("--json", default="", help="also write the rows here")
-    a = ap.parse_args()
+@dataclass
+class BenchConfig:
+    images: str = "500x375,640x480,1024x768"  # source JPEG sizes, WxH, comma-separated
+    sizes: str = "224,384"           # output sizes
+    n: int = 48                      # images per set
+    rounds: int = 5                  # alternating rounds; the table shows the median (best) of them
+    gpu_img_s: str = "224:1500,384:500"  # ASSUMED img/s of one GPU at the B/16 recipe per output size (not measured)
+    json: str = ""                   # also write the rows here
+
+
+def main(a):
     import torch
     torch.set_num_threads(1)  # one worker process = one core
     rows = []
@@ -161,4 +161,5 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    from cli import run
+    run(main, BenchConfig, doc=__doc__)

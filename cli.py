@@ -34,6 +34,11 @@ class Stopped(RuntimeError):
 def _field_comments(cls):
     """{field: trailing comment} and {field: section title} read from the dataclass's source"""
     comments, sections, section = {}, {}, ""
+    for base in cls.__mro__[1:]:  # a subclass of another config inherits its fields' help
+        if hasattr(base, "__dataclass_fields__"):
+            c, s = _field_comments(base)
+            comments.update(c)
+            sections.update(s)
     try:
         lines = inspect.getsource(cls).splitlines()
     except (OSError, TypeError):

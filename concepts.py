@@ -25,7 +25,6 @@ Run:
     python concepts.py score        # precision / recall on tests/data/concepts_gold.jsonl
 """
 
-import argparse
 import csv
 import json
 import os
@@ -34,12 +33,13 @@ import re
 import sys
 import time
 import zlib
+from dataclasses import dataclass
 from multiprocessing import Pool
 
 import nltk
 from textblob.en.inflect import pluralize, singularize
 
-from cli import UsageError
+from cli import MissingFileError, UsageError
 
 # -----------------------------------------------------------------------------
 # tokenizing and tagging
@@ -618,6 +618,8 @@ def hard_negatives(caption, k=4, seed=0, vocab=None):
 def read_records(path, caption_key="caption"):
     """Records of a JSONL file (one object a line) or a CSV file with a header; each must hold caption_key."""
     records = []
+    if not os.path.isfile(path):
+        raise MissingFileError(f"--data={path}: no such file; give a JSONL/CSV caption file or WebDataset shards")
     with open(path, newline="", encoding="utf-8") as f:
         if path.lower().endswith(".csv"):
             rows = enumerate(csv.DictReader(f), start=2)  # line 1 is the header
@@ -770,54 +772,79 @@ def _negatives_job(args):
 # command line
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description="noun-phrase concepts and rule-based hard negatives")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    ex = sub.add_parser("extract", help="write a concept cache (JSONL) for a caption file")
-    ng = sub.add_parser("negatives", help="write hard negatives in the official DeGLA schema")
-    for p in (ex, ng):
-        p.add_argument("--data", required=True, help="JSONL or CSV with a caption column, or WebDataset shards "
-                       "(a brace pattern, a folder or a .txt list; caption from {key}.txt or a field of {key}.json)")
-        p.add_argument("--out", required=True)
-        p.add_argument("--workers", type=int, default=1, help="processes (indexing shards, then captions)")
-        p.add_argument("--caption-key", default="caption")
-    ng.add_argument("--k", type=int, default=4)
-    ng.add_argument("--seed", type=int, default=0)
-    sub.add_parser("score", help="precision / recall of the chunker on the gold set")
-    args = ap.parse_args(argv)
+@dataclass
+class ExtractConfig:
+    data: str = ""                   # JSONL/CSV with a caption column, or WebDataset shards (a brace pattern, a folder or a .txt list); required
+    out: str = ""                    # the JSONL cache to write; required
+    workers: int = 1                 # processes (indexing shards, then captions)
+    caption_key: str = "caption"     # the caption column; for shards "caption" = {key}.txt, else that field of {key}.json
 
-    if args.cmd == "score":
-        with open(GOLD_PATH, encoding="utf-8") as f:
-            gold = [json.loads(line) for line in f if line.strip()]
-        s = score_chunker(gold)
-        print(f"tagger {tagger_name()} | {len(gold)} captions | precision {s['precision']:.3f} "
-              f"recall {s['recall']:.3f} f1 {s['f1']:.3f} exact {s['exact']:.3f}")
-        return
 
+@dataclass
+class NegativesConfig(ExtractConfig):
+    k: int = 4                       # hard negatives per caption (captions with fewer distinct ones are dropped)
+    seed: int = 0                    # seed of the negative generator
+
+
+@dataclass
+class ScoreConfig:
+    pass
+
+
+def score_main(_):
+    with open(GOLD_PATH, encoding="utf-8") as f:
+        gold = [json.loads(line) for line in f if line.strip()]
+    s = score_chunker(gold)
+    print(f"tagger {tagger_name()} | {len(gold)} captions | precision {s['precision']:.3f} "
+          f"recall {s['recall']:.3f} f1 {s['f1']:.3f} exact {s['exact']:.3f}")
+
+
+def extract_main(args):
+    records, keys, captions = _captions_of(args)
+    t0 = time.perf_counter()
+    concepts = _pool_map(extract_concepts, captions, args.workers, "concepts")
+    dt = time.perf_counter() - t0
+    write_concept_cache(args.out, captions, concepts, keys)
+    mean = sum(map(len, concepts)) / max(len(concepts), 1)
+    print(f"tagger {tagger_name()} | {len(captions) / max(dt, 1e-9):.0f} captions/s with {args.workers} "
+          f"worker(s) | {mean:.2f} concepts per caption | wrote {args.out}")
+
+
+def negatives_main(args):
+    records, keys, captions = _captions_of(args)
+    t0 = time.perf_counter()
+    jobs = [(c, args.k, args.seed) for c in captions]
+    negs = _pool_map(_negatives_job, jobs, args.workers, "negatives")
+    dt = time.perf_counter() - t0
+    # a caption that cannot give k distinct negatives is dropped from the file (METHOD.md §3.8); shards add
+    # the sample key, by which training joins the file (the official reader ignores the extra field)
+    out = [{"image_id": _image_id(r, i), **({"key": keys[i]} if keys else {}), "original": c, "enhanced": n}
+           for i, (r, c, n) in enumerate(zip(records, captions, negs)) if len(n) >= args.k]
+    with open(args.out, "w", encoding="utf-8") as f:
+        json.dump(out, f, ensure_ascii=False)
+    print(f"tagger {tagger_name()} | {len(captions) / max(dt, 1e-9):.0f} captions/s with {args.workers} "
+          f"worker(s) | {len(out)} records written, {len(captions) - len(out)} dropped (< {args.k} "
+          f"distinct negatives) | wrote {args.out}")
+
+
+def _captions_of(args):
+    missing = [f"--{n}" for n in ("data", "out") if not getattr(args, n)]
+    if missing:
+        raise UsageError(f"missing {', '.join(missing)}; see --help")
     records, keys = _read_source(args.data, args.caption_key, args.out, args.workers)
     captions = [r[args.caption_key] for r in records]
     print(f"tagger {tagger_name()} | {len(captions)} captions from {args.data}", file=sys.stderr)
-    t0 = time.perf_counter()
-    if args.cmd == "extract":
-        concepts = _pool_map(extract_concepts, captions, args.workers, "concepts")
-        dt = time.perf_counter() - t0
-        write_concept_cache(args.out, captions, concepts, keys)
-        mean = sum(map(len, concepts)) / max(len(concepts), 1)
-        print(f"tagger {tagger_name()} | {len(captions) / max(dt, 1e-9):.0f} captions/s with {args.workers} "
-              f"worker(s) | {mean:.2f} concepts per caption | wrote {args.out}")
-    else:
-        jobs = [(c, args.k, args.seed) for c in captions]
-        negs = _pool_map(_negatives_job, jobs, args.workers, "negatives")
-        dt = time.perf_counter() - t0
-        # METHOD 3.5: a caption that cannot give k distinct negatives is dropped from the file; shards add
-        # the sample key, by which training joins the file (the official reader ignores the extra field)
-        out = [{"image_id": _image_id(r, i), **({"key": keys[i]} if keys else {}), "original": c, "enhanced": n}
-               for i, (r, c, n) in enumerate(zip(records, captions, negs)) if len(n) >= args.k]
-        with open(args.out, "w", encoding="utf-8") as f:
-            json.dump(out, f, ensure_ascii=False)
-        print(f"tagger {tagger_name()} | {len(captions) / max(dt, 1e-9):.0f} captions/s with {args.workers} "
-              f"worker(s) | {len(out)} records written, {len(captions) - len(out)} dropped (< {args.k} "
-              f"distinct negatives) | wrote {args.out}")
+    return records, keys, captions
+
+
+COMMANDS = {"extract": (extract_main, ExtractConfig, "write a concept cache (JSONL) for a caption file or shards"),
+            "negatives": (negatives_main, NegativesConfig, "write hard negatives in the official DeGLA schema"),
+            "score": (score_main, ScoreConfig, "precision / recall of the chunker on the gold set")}
+
+
+def main(argv=None):
+    from cli import run_command
+    run_command(COMMANDS, doc="noun-phrase concepts and rule-based hard negatives", argv=argv)
 
 
 def _read_source(spec, caption_key, out, workers):

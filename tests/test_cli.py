@@ -52,6 +52,10 @@ def subprocess_error(script, args):
     ("evaluate.py", ["--ckpt=nowhere/ckpt.pt"], "checkpoint not found: nowhere/ckpt.pt"),
     ("reproduce.py", ["--seedz=0"], "did you mean --seeds?"),
     ("figures.py", ["--runs=nowhere"], "nowhere/metrics.jsonl: not found"),
+    ("concepts.py", ["extract", "--data=missing.jsonl", "--out=x.jsonl"], "--data=missing.jsonl: no such file"),
+    ("convert.py", ["exprot", "--ckpt=x.pt"], "did you mean export?"),
+    ("bench_train.py", ["--modle=tiny"], "did you mean --model?"),
+    ("bench_data.py", ["--sizez=3"], "did you mean --sizes?"),
 ])
 def test_entry_points_print_one_line(script, args, expected):
     assert expected in subprocess_error(script, args)

@@ -242,7 +242,7 @@ def test_concept_cache_round_trip(tmp_path, capsys, fmt, workers):
             w.writerow(["image", "caption"])
             w.writerows([[f"img{i}.jpg", c] for i, c in enumerate(CAPS)])
     out = tmp_path / "cache.jsonl"
-    C.main(["extract", "--data", str(data), "--out", str(out), "--workers", str(workers)])
+    C.main(["extract", f"--data={data}", f"--out={out}", f"--workers={workers}"])
     assert "captions/s" in capsys.readouterr().out
     lines = [json.loads(line) for line in open(out)]
     assert [r["i"] for r in lines] == list(range(len(CAPS))) and [r["caption"] for r in lines] == CAPS
@@ -396,7 +396,7 @@ def test_negatives_file_round_trip(tmp_path, capsys):
     write_jsonl(data, [{"caption": caps[0], "image_id": 391}, {"caption": caps[1], "image_id": 7},
                        {"caption": caps[2], "image": "world/000002.png"}])
     out = tmp_path / "neg.json"
-    C.main(["negatives", "--data", str(data), "--out", str(out), "--k", "4", "--seed", "0"])
+    C.main(["negatives", f"--data={data}", f"--out={out}", "--k=4", "--seed=0"])
     assert "1 dropped" in capsys.readouterr().out  # "Dog" cannot give 4 negatives
     recs = json.load(open(out))
     assert [r["image_id"] for r in recs] == [391, 2]  # no COCO id in a path: the record index, an int

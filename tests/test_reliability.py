@@ -34,6 +34,18 @@ def run_train(args, **kw):
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kw)
 
 
+def kill_after_lines(p, out_dir, n):
+    """SIGKILL (no clean-up) the training process p once its metrics.jsonl holds n lines"""
+    metrics = os.path.join(out_dir, "metrics.jsonl")
+    deadline = time.time() + 300
+    while time.time() < deadline and p.poll() is None:
+        if os.path.exists(metrics) and sum(1 for _ in open(metrics)) >= n:
+            break
+        time.sleep(0.02)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+
+
 def test_killed_run_resumes_with_identical_losses(tmp_path):
     common = ["--world_scenes=256", "--batch_size=32", "--steps=30", "--warmup=3", "--log_every=1",
               "--ckpt_every=4", "--eval=false", "--threads=1"]
@@ -41,15 +53,7 @@ def test_killed_run_resumes_with_identical_losses(tmp_path):
     assert ref.wait(timeout=300) == 0, ref.stderr.read().decode()
     # the same run, killed (SIGKILL: no clean-up) somewhere after its third checkpoint, then resumed
     out = str(tmp_path / "killed")
-    p = run_train(common + [f"--out_dir={out}"])
-    metrics = os.path.join(out, "metrics.jsonl")
-    deadline = time.time() + 300
-    while time.time() < deadline and p.poll() is None:
-        if os.path.exists(metrics) and sum(1 for _ in open(metrics)) >= 13:
-            break
-        time.sleep(0.02)
-    p.send_signal(signal.SIGKILL)
-    p.wait()
+    kill_after_lines(run_train(common + [f"--out_dir={out}"]), out, 13)
     killed_at = max(last_losses(out))
     assert killed_at < 30, "the run finished before it could be killed"
     ckpt_step = train.load_checkpoint(os.path.join(out, "ckpt.pt"))["step"]

@@ -18,9 +18,11 @@ from PIL import Image
 
 import concepts
 import data
+from bench_data import photo
 import shards
 import train
 from cli import UsageError
+from test_reliability import kill_after_lines, last_losses, run_train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CAPTIONS = ["a red circle and a blue square", "a green star", "a white ring and a pink diamond",
@@ -181,16 +183,6 @@ def test_resampled_draws_shards_with_replacement(tmp_path):
 # training from shards: the world as shards, kill and resume
 
 
-def last_losses(out_dir):
-    with open(os.path.join(out_dir, "metrics.jsonl")) as f:
-        return {r["step"]: r["loss"] for r in map(json.loads, f)}
-
-
-def run_train(args):
-    return subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py")] + args, cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-
 def test_world_shards_killed_run_resumes_with_identical_losses(tmp_path):
     root = str(tmp_path / "world")
     data.export_world_shards(root, n_scenes=300, shard_size=70)  # 5 shards, the last one shorter
@@ -198,15 +190,7 @@ def test_world_shards_killed_run_resumes_with_identical_losses(tmp_path):
               "--shuffle_window=64", "--eval=false"]  # 9 steps an epoch: the run crosses an epoch end
     train.main(train.parse_args(common + [f"--out_dir={tmp_path / 'ref'}"]))  # in-process: one start less
     out = str(tmp_path / "killed")
-    p = run_train(common + [f"--out_dir={out}", "--workers=2"])
-    metrics = os.path.join(out, "metrics.jsonl")
-    deadline = time.time() + 300
-    while time.time() < deadline and p.poll() is None:
-        if os.path.exists(metrics) and sum(1 for _ in open(metrics)) >= 9:
-            break
-        time.sleep(0.02)
-    p.send_signal(signal.SIGKILL)
-    p.wait()
+    kill_after_lines(run_train(common + [f"--out_dir={out}", "--workers=2"]), out, 9)
     killed_at = max(last_losses(out))
     assert killed_at < 14, "the run finished before it could be killed"
     ckpt_step = train.load_checkpoint(os.path.join(out, "ckpt.pt"))["step"]
@@ -300,7 +284,7 @@ def test_concept_cache_and_negatives_keyed_by_sample_key(tmp_path):
     root = make_shards(tmp_path / "s", [6, 4])
     index = shards.load_index(root)
     cache = str(tmp_path / "concepts.jsonl")
-    concepts.main(["extract", "--data", root, "--out", cache, "--workers", "2"])
+    concepts.main(["extract", f"--data={root}", f"--out={cache}", "--workers=2"])
     assert concepts.load_concept_cache(cache, index.captions, index.keys) == concepts.extract_concepts_batch(index.captions)
     lines = open(cache).read().splitlines()
     open(cache, "w").write("\n".join(lines[::-1]) + "\n")  # order does not matter, keys do
@@ -313,7 +297,7 @@ def test_concept_cache_and_negatives_keyed_by_sample_key(tmp_path):
         concepts.load_concept_cache(cache, index.captions, other)
 
     neg = str(tmp_path / "neg.json")
-    concepts.main(["negatives", "--data", root, "--out", neg, "--k", "2"])
+    concepts.main(["negatives", f"--data={root}", f"--out={neg}", "--k=2"])
     recs = json.load(open(neg))
     assert all(isinstance(r["image_id"], int) and r["key"] in index.keys for r in recs)
     cfg = train.Config(data=root, negatives=neg, num_negatives=2)
@@ -341,23 +325,10 @@ def test_coco_image_ids():
 # decode: the draft fast path against a full-size decode
 
 
-def photo(w, h, seed=0):
-    """a photo-like JPEG: noise at several scales (natural images have power at every scale)"""
-    rng = np.random.default_rng(seed)
-    acc = np.zeros((h, w, 3))
-    for s, a in ((32, 80), (8, 40), (2, 20), (1, 8)):
-        small_ = rng.normal(0, 1, (max(1, h // s), max(1, w // s), 3)) * 40 + 128
-        up = Image.fromarray(np.clip(small_, 0, 255).astype(np.uint8)).resize((w, h), Image.BICUBIC)
-        acc += (np.asarray(up, float) - 128) / 40 * a
-    buf = io.BytesIO()
-    Image.fromarray(np.clip(acc + 120, 0, 255).astype(np.uint8)).save(buf, "JPEG", quality=90)
-    return buf.getvalue()
-
-
 @pytest.mark.parametrize("w,h,size", [(250, 190, 64), (320, 240, 96), (200, 150, 96)])
 def test_draft_decode_within_tolerance_of_full_decode(w, h, size):
     import random
-    blob = photo(w, h)
+    blob = photo(w, h, 0)
     for seed in range(4):
         fast = shards.decode(blob, size, train=True, rng=random.Random(seed))
         ref = data.preprocess(Image.open(io.BytesIO(blob)).convert("RGB"), size, train=True, rng=random.Random(seed))
