@@ -1,9 +1,9 @@
 """
 Concepts (noun phrases) for C2LIP and rule-based hard negatives for DeGLA, offline and deterministic.
 
-C2LIP (arXiv 2603.25722, METHOD 2.1) aligns each noun phrase of a caption with the image. We extract the
+C2LIP (arXiv 2603.25722, METHOD.md §2.1) aligns each noun phrase of a caption with the image. We extract the
 phrases with a Penn-Treebank tagger and a regular chunk grammar (nltk.RegexpParser's notation and matching)
-instead of the official LLM prompt. DeGLA (arXiv 2504.16801, METHOD 3.5) trains on LLM-written hard
+instead of the official LLM prompt. DeGLA (arXiv 2504.16801, METHOD.md §3.8) trains on LLM-written hard
 negatives; we write them with five small rules over the same tagger and chunks, in the official file schema.
 
 Concept rules (extract_concepts):
@@ -162,7 +162,7 @@ GRAMMAR = r"""
 NP: {(<DT|PDT|PRP\$|CD>*(<RB.*>?<JJ.*>(<CC><JJ.*>)?|<VBN|NN.*>)*<NN.*><POS>)?(<DT|PDT|PRP\$|CD>+<VBG>|<DT|PDT|PRP\$|CD>*)(<RB.*>?<JJ.*>(<CC><JJ.*>)?|<VBN|NN.*>)*<NN.*>}
 """
 
-# head nouns that name where a photo was taken rather than something in it (METHOD 2.1; the official
+# head nouns that name where a photo was taken rather than something in it (METHOD.md §2.1; the official
 # prompt's example drops "a university"). lowercase, singular; plurals are matched too.
 GENERIC_LOCATIONS = frozenset("""
 home street school university college campus city town village country state place area location
@@ -307,7 +307,7 @@ def score_chunker(records):
 
 
 # -----------------------------------------------------------------------------
-# hard negatives (DeGLA, METHOD 3.5)
+# hard negatives (DeGLA, METHOD.md §3.8)
 
 # adjective categories: a replacement comes from another group of the same category; "|" joins
 # synonyms, which never replace each other (the first spelling is the one written)
@@ -570,7 +570,7 @@ NEGATIVE_TYPES = {
     "replace_adjectives": replace_adjectives, "replace_nouns": replace_nouns,
 }
 
-# one slot per negative, each a fallback chain (METHOD 3.5 table): the first type that yields a new,
+# one slot per negative, each a fallback chain (METHOD.md §3.8): the first type that yields a new,
 # distinct string fills the slot. swap nouns falls back to swap adjectives then replace nouns (replace
 # adjectives owns slot 3); every substitution falls back to reshuffle.
 SLOT_CHAINS = (
@@ -586,7 +586,7 @@ def hard_negatives(caption, k=4, seed=0, vocab=None):
     """Up to k rule-based hard negatives of a caption, in SLOT_CHAINS order (slots past the 4th cycle
     through the chains again). Each differs from the caption and from the others (canonical compare).
     When a slot cannot be filled it is skipped, so fewer than k come back and the caller decides
-    (the negatives CLI drops such records, as METHOD 3.5 does). Same arguments -> same output.
+    (the negatives CLI drops such records; METHOD.md §3.8). Same arguments -> same output.
     vocab: optional set of lowercase words the replacements must come from (e.g. a word-level text
     tower's vocabulary, so that the synthetic world gets no unknown colours)."""
     # crc32, not hash(): python salts str hashes per process

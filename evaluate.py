@@ -1,6 +1,6 @@
 """
 Evaluate a checkpoint on the compositionality benchmarks, zero-shot classification and retrieval, each
-read from its official local files and scored by its official protocol (../shared/METHOD.md section 4).
+read from its official local files and scored by its official protocol (METHOD.md §6).
 
     python evaluate.py --ckpt=runs/siglip/ckpt.pt --task=world                # built-in world, held-out scenes
     python evaluate.py --ckpt=runs/c2lip/ckpt.pt --task=sugarcrepe --root=/data/bench
@@ -31,7 +31,7 @@ values are fractions in [0, 1]; the printed table shows x100.
 Every score is a cosine of unit embeddings (t and b change no ranking). Selection tests go through one
 scorer, `selection`: positives first, and a tie is wrong (strict ">") everywhere, ARO-Order included (the
 official ARO argmax would hand a tie to index 0, the true caption there, so a bag-of-words model unable to
-tell a caption from its shuffles would score 100%; we count it as wrong, as METHOD.md 4.1 asks). Retrieval and zero-shot ranks also count ties against the
+tell a caption from its shuffles would score 100%; we count it as wrong, METHOD.md §6.2). Retrieval and zero-shot ranks also count ties against the
 true item. Official record counts are asserted when a file looks like the full release: an official file
 name whose count is within 10% of the official one must match it exactly (smaller or much larger files
 are taken as fixtures or subsets; --check-counts=0 turns the check off).
@@ -56,7 +56,7 @@ from cli import MissingFileError, UsageError
 from model import canonicalize
 
 # -----------------------------------------------------------------------------
-# constants (METHOD.md 4.10)
+# constants of the official protocols (METHOD.md §6.5, §6.8)
 
 OPENAI_TEMPLATES = [t.strip() for t in """
 a bad photo of a {}. | a photo of many {}. | a sculpture of a {}. | a photo of the hard to see {}.

@@ -102,7 +102,7 @@ def concept_attention(model, tokenizer, images, phrases, temperature=1.0):
     """C2LIP's parameter-free cross-modal attention of each phrase over its image's patches.
 
     images (n, 3, H, W), phrases n strings -> (n, gh, gw) weights summing to 1 per image:
-    softmax over patches of temperature * cos(u_t, c), u_t the MAP value-path tokens (METHOD.md, 'L_xac').
+    softmax over patches of temperature * cos(u_t, c), u_t the MAP value-path tokens (METHOD.md §2.4).
     """
     model.eval()
     _, tokens = model.encode_image(images, return_tokens=True)  # (n, T, d)

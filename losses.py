@@ -1,16 +1,16 @@
 """
 Losses, as pure functions of embeddings. Each returns a scalar; the training loop names and weights them.
 
-  siglip_loss          L_con, the SigLIP pairwise sigmoid loss                (METHOD.md 2.4)
-  concept_loss         L_npc, images vs their noun-phrase concepts            (METHOD.md 2.4)
-  xattn_concept_loss   L_xac, concepts vs concept-pooled visual tokens        (METHOD.md 2.4, 2.5)
-  degla_base_loss      L_base, NegCLIP-style softmax with hard negatives      (METHOD.md 3.3)
-  igc_loss, tgc_loss   DeGLA's image- and text-grounded contrast             (METHOD.md 3.3)
-  distill_loss         DeGLA's squared distance to the EMA teacher            (METHOD.md 3.3)
+  siglip_loss          L_con, the SigLIP pairwise sigmoid loss                (METHOD.md §2.4)
+  concept_loss         L_npc, images vs their noun-phrase concepts            (METHOD.md §2.4)
+  xattn_concept_loss   L_xac, concepts vs concept-pooled visual tokens        (METHOD.md §2.4, §2.5)
+  degla_base_loss      L_base, NegCLIP-style softmax with hard negatives      (METHOD.md §3.3)
+  igc_loss, tgc_loss   DeGLA's image- and text-grounded contrast             (METHOD.md §3.4, §3.5)
+  distill_loss         DeGLA's squared distance to the EMA teacher            (METHOD.md §3.6)
 
 All embeddings arrive L2-normalised. Logits are computed in fp32 whatever the autocast dtype.
 
-Distributed form (METHOD.md 2.7, the "preferred" scheme): every rank keeps its own image rows
+Distributed form (METHOD.md §4.1-§4.2): every rank keeps its own image rows
 (x and the visual tokens U) and gathers the texts and concepts of all ranks with a gather that
 carries gradients back to their owners. Each rank then computes only its b image rows against the
 global columns, divided by the global count, so the per-rank losses sum to the single-process
@@ -66,7 +66,7 @@ def xattn_cosines(tokens, c, temperature=1.0):
     """cos(v_ik, c_k) for every image i and concept k, without building the (b, N, d) pooled vectors.
 
     v_ik = sum_t a_ikt u_it with a_ik = softmax_t(temperature * <u_it, c_k>). Then
-    <v_ik, c_k> = sum_t a_ikt s_ikt and |v_ik|^2 = a_ik^T G_i a_ik with G_i = U_i U_i^T (METHOD.md 2.5).
+    <v_ik, c_k> = sum_t a_ikt s_ikt and |v_ik|^2 = a_ik^T G_i a_ik with G_i = U_i U_i^T (METHOD.md §2.5).
     tokens: unit (b, T, d); c: unit (N, d) -> (b, N)
     """
     s = torch.einsum("btd,nd->bnt", tokens, c)  # (b, N, T) cosines
@@ -151,21 +151,21 @@ def gather(x, with_grad=True):
 
 
 def gather_owners(owner, images_per_rank):
-    """local owner indices -> global ones: offset by the images held by earlier ranks (fixes C-2)"""
+    """local owner indices -> global ones: offset by the images held by earlier ranks (METHOD.md §4.3)"""
     rank, _ = world_info()
     local = owner + sum(images_per_rank[:rank])
     return gather(local, with_grad=False)[0]
 
 # -----------------------------------------------------------------------------
-# DeGLA (METHOD.md 3): softmax losses over captions plus K hard negatives per caption.
+# DeGLA (METHOD.md §3): softmax losses over captions plus K hard negatives per caption.
 #
 # Layout of the global batch: v_all (N, d) images, p_all (N, d) their captions, q_all (N*K, d) the
 # negatives, sample-major (row n*K + k = negative k of sample n). Positives and negatives are
-# gathered separately, never as one [P; Q] block (D-3), so that layout holds at any world size.
+# gathered separately, never as one [P; Q] block (METHOD.md §4.5), so that layout holds at any world size.
 # Each rank computes the rows of its own samples (global rows row_offset .. row_offset + b - 1) and
 # divides by the global N, so the per-rank losses sum to the loss of one process on the whole batch.
 # Only t = exp(logit_scale) scales these logits: a bias shifts a whole softmax row and gets no
-# gradient (METHOD.md 1.3).
+# gradient (METHOD.md §3.1).
 
 
 def _rows(b, row_offset, device):
@@ -173,7 +173,7 @@ def _rows(b, row_offset, device):
 
 
 def degla_base_loss(v, v_all, p_all, q_all, logit_scale, row_offset=0, own_only=False):
-    """L_base, NegCLIP-style (METHOD.md 3.3, paper Eq. 4): 1/2 (CE_I->T + CE_T->I), each a mean over N.
+    """L_base, NegCLIP-style (METHOD.md §3.3, paper Eq. 4): 1/2 (CE_I->T + CE_T->I), each a mean over N.
 
     v: this rank's images (b, d); v_all, p_all: all images and captions (N, d); q_all: all negatives (N*K, d).
     I->T: each image against every caption and, by default, every negative of the global batch (the
@@ -212,7 +212,7 @@ def tgc_negative_rows(rows, N, K, mask="own"):
 
     own: its own negatives n*K + k (the paper's Eq. 9, our default).
     official: the released mask is the identity tiled K times along the negative block instead of
-    interleaved (D-1), so caption n keeps rows m*N + n, m = 0..K-1: negatives of samples (m*N + n) // K,
+    interleaved (METHOD.md §3.5), so caption n keeps rows m*N + n, m = 0..K-1: negatives of samples (m*N + n) // K,
     almost never its own.
     """
     m = torch.arange(K, device=rows.device)
@@ -244,7 +244,7 @@ def distill_loss(student, teacher):
     """L_distill (paper Eq. 7): sum over every vector of |s - s*|^2, no mean, no temperature.
 
     student, teacher: matching tuples of (n_j, d) tensors (this rank's images, captions, negatives).
-    A sum, so the per-rank values add up to the global one; its size grows with the batch (D-2: the
+    A sum, so the per-rank values add up to the global one; its size grows with the batch (METHOD.md §3.6: the
     training loop scales its weight by ref_batch / N).
     """
     return sum(((fp32(s) - fp32(t).detach()) ** 2).sum() for s, t in zip(student, teacher))

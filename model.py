@@ -5,9 +5,9 @@ A SigLIP-style dual encoder, written from scratch.
   text tower:  token + pos embeddings -> pre-LN blocks (no masks) -> final LN -> last position -> Linear
   match logit: exp(logit_scale) * <x, y> + logit_bias, with x, y L2-normalised
 
-No CLS token, no projection after the MAP head (SigLIP ViT-B/16; METHOD.md, 'Image tower and MAP head').
+No CLS token, no projection after the MAP head (SigLIP ViT-B/16; METHOD.md §1.1).
 `encode_image(..., return_tokens=True)` also returns the per-patch tokens through the MAP head's
-value path (METHOD.md, 'Visual tokens: the MAP value path'), which the C2LIP losses pool per concept.
+value path (METHOD.md §2.3), which the C2LIP losses pool per concept.
 
 The tokenizer lives here too: a word-level tokenizer whose vocabulary is built from the training
 captions and saved inside every checkpoint, so nothing is downloaded. Anything with the same small

@@ -1,17 +1,20 @@
 """
-Train a SigLIP-style dual encoder with the SigLIP loss (baseline) or C2LIP's concept losses.
+Train a SigLIP-style dual encoder with the SigLIP loss (baseline), C2LIP's concept losses, DeGLA's
+hard negatives and self-distillation, or both methods at once (METHOD.md §2, §3, §3.9).
 
 One code path for every world size (gloo on CPU, nccl on GPU); world size 1 is the general case:
 
-    python train.py                                   # tiny model on the built-in world, CPU, ~5 min
+    python train.py                                   # tiny model on the built-in world, CPU, ~4-5 min
     python train.py --loss=c2lip                      # + L_npc and L_xac (concepts by NLTK chunking)
     python train.py --loss=degla                      # DeGLA: hard negatives, EMA teacher, IGC/TGC/distill
+    python train.py --loss=c2lip+degla                # both in one objective
     python train.py --data=my/captions.jsonl          # your own images and captions (JSONL or CSV)
     python train.py --data='cc3m/{00000..01411}.tar'  # WebDataset shards, as img2dataset writes them
-    torchrun --standalone --nproc_per_node=2 train.py # the same run on 2 processes
+    torchrun --standalone --nproc_per_node=2 train.py --out_dir=runs/ddp   # the same run on 2 processes
 
-Every field of Config can be set as --key=value; unknown keys are an error. The resolved config
-is written to out_dir/config.json and into every checkpoint.
+Every field of Config is a --name=value flag (--help lists them); an unknown one is an error. A run
+writes to out_dir (default runs/<loss>) and refuses a folder holding another run unless --resume or
+--overwrite. The resolved config is written to out_dir/config.json and into every checkpoint.
 """
 
 import copy
@@ -85,7 +88,7 @@ class Config:
     distill_weight: float = 0.005    # DeGLA: lambda_3 at distill_ref_batch; used as x distill_ref_batch / batch_size
     distill_ref_batch: int = 256     # DeGLA: the global batch lambda_3 was tuned at (official 8 x 32)
     tgc_scale: float = 10.0          # DeGLA: fixed logit scale of L_TGC (official code)
-    tgc_mask: str = "own"            # DeGLA: own = the paper's own negatives | official = the released tiled mask (D-1)
+    tgc_mask: str = "own"            # DeGLA: own = the paper's own negatives | official = the released tiled mask (METHOD.md §3.5)
     base_own_only: bool = False      # DeGLA: L_base I->T over the image's own K negatives (paper) instead of all (code)
     # optimisation
     batch_size: int = 128            # global batch, split over ranks
@@ -191,14 +194,14 @@ def compute_losses(out, batch, cfg, rank_images):
 
 LOSS_WEIGHTS = {"con": lambda cfg: 1.0, "npc": lambda cfg: cfg.npc_weight, "xac": lambda cfg: cfg.xac_weight,
                 "base": lambda cfg: 1.0, "igc": lambda cfg: cfg.igc_weight, "tgc": lambda cfg: cfg.tgc_weight,
-                # D-2: L_distill is a sum over the batch, so its pull grows with N; keep the strength lambda_3
+                # METHOD.md §3.6: L_distill is a sum over the batch, so its pull grows with N; keep the strength lambda_3
                 # had at the reference batch: 0.005 * 256 / N (0.01 at our default N = 128)
                 "distill": lambda cfg: cfg.distill_weight * cfg.distill_ref_batch / cfg.batch_size}
 
 
 @torch.no_grad()
 def ema_update(teacher, student, decay):
-    """theta* <- a * theta* + (1 - a) * theta over all parameters, in order; buffers are not averaged (METHOD.md 3.2)"""
+    """theta* <- a * theta* + (1 - a) * theta over all parameters, in order; buffers are not averaged (METHOD.md §3.2)"""
     # one fused call over all tensors (a Python loop of lerp_ launches one kernel per tensor on a GPU)
     torch._foreach_lerp_(list(teacher.parameters()), [p.detach() for p in student.parameters()], 1.0 - decay)
 
@@ -214,8 +217,8 @@ def hard_negatives_for(captions, cfg, vocab=None, log=print, keys=None):
     cfg.seed. A file is joined to the data by sample key when both have keys (shards; every key must be
     in the file), else by its "original" caption (the first record of a repeated caption wins; captions
     missing from the file are generated). A file that matches none of the data is an error. A caption
-    with fewer than K distinct negatives is dropped from training, as the negatives CLI does (METHOD.md,
-    'Hard negatives'): repeating a negative would count it twice in every softmax.
+    with fewer than K distinct negatives is dropped from training, as the negatives CLI does (METHOD.md
+    §3.8): repeating a negative would count it twice in every softmax.
     """
     import concepts
     k, t0 = cfg.num_negatives, time.time()
@@ -612,7 +615,7 @@ def build_model(cfg, mcfg, tokenizer, resume_ckpt, init_ckpt, device, log):
     if uses_negatives(cfg.loss):
         if cfg.loss == "degla":  # no softmax loss uses b, and DDP needs every trainable param used
             model.logit_bias.requires_grad_(False)  # (c2lip+degla: the sigmoid concept losses train it)
-        teacher = copy.deepcopy(model).requires_grad_(False).eval()  # EMA teacher, fp32 (METHOD.md, 'DeGLA')
+        teacher = copy.deepcopy(model).requires_grad_(False).eval()  # EMA teacher, fp32 (METHOD.md §3.2)
         if resume_ckpt is not None:
             if "teacher" not in resume_ckpt:
                 raise UsageError(f"the checkpoint in {cfg.out_dir} has no EMA teacher: it was not written by a "
@@ -756,7 +759,7 @@ def finish_step(model, teacher, optimizer, cfg):
     with torch.no_grad():
         model.logit_scale.clamp_(0, cfg.max_logit_scale)
     if teacher is not None:
-        ema_update(teacher, model, cfg.ema_decay)  # after the clamp (METHOD.md, 'DeGLA step order')
+        ema_update(teacher, model, cfg.ema_decay)  # after the clamp (METHOD.md §3.7)
 
 
 def final_eval(model, tokenizer, cfg, mcfg, device, log):

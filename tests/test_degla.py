@@ -161,7 +161,7 @@ def test_tgc_selection_own_vs_official_pinned():
     assert own.tolist() == [[0, 1], [2, 3], [4, 5], [6, 7]]
     assert official.tolist() == [[0, 4], [1, 5], [2, 6], [3, 7]]  # rows m*N + i
     assert (official // 2).tolist() == [[0, 2], [0, 2], [1, 3], [1, 3]]  # owner samples: rows 1 and 2 miss their own
-    # at the official N = 256, K = 4: row i reads negatives of samples 64m + i // 4 (METHOD.md 3.3, D-1)
+    # at the official N = 256, K = 4: row i reads negatives of samples 64m + i // 4 (METHOD.md §3.5)
     big = losses.tgc_negative_rows(torch.arange(256), 256, 4, "official") // 4
     assert torch.equal(big, torch.arange(4)[None, :] * 64 + torch.arange(256)[:, None] // 4)
     # the gradient pattern agrees: caption 3 reads q rows {6, 7} (own) or {3, 7} (official)
@@ -234,7 +234,7 @@ def _parity_worker(rank, world, init_file):
                 q_all, _ = losses.gather(q)
                 # separate gathers reproduce the single-process layout [P], [Q sample-major]
                 assert torch.equal(v_all, V) and torch.equal(p_all, P) and torch.equal(q_all, Q)
-                # one [p; q] block per rank would interleave ranks' positives and negatives (D-3)
+                # one [p; q] block per rank would interleave ranks' positives and negatives (METHOD.md §4.5)
                 block, _ = losses.gather(torch.cat([p, q]).detach(), with_grad=False)
                 assert not torch.equal(block, torch.cat([P, Q]))
                 terms = {
