@@ -8,6 +8,7 @@ import os
 import torch
 import torch.nn.functional as F
 
+import test_degla
 import train
 
 
@@ -64,10 +65,8 @@ def test_bias_trains_in_the_combination_only():
 
 
 def run_train(out_dir, *args):
-    cfg = train.parse_args(["--loss=c2lip+degla", "--world_split=compositional", "--relations", "--world_scenes=256",
-                            "--batch_size=32", "--eval=false", "--log_every=1", f"--out_dir={out_dir}", *args])
-    train.main(cfg)
-    return train.load_checkpoint(os.path.join(out_dir, "ckpt.pt"))
+    # test_degla's short run, with the combined loss on the compositional world (a later flag wins)
+    return test_degla.run_train(out_dir, "--loss=c2lip+degla", "--world_split=compositional", "--relations", *args)
 
 
 def test_train_combined_smoke_and_resume(tmp_path):
