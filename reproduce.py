@@ -194,6 +194,7 @@ def table(rows, seeds, columns=COLUMNS, what="fine-tuning seeds"):
 
 
 def write(s, stem, results, md):
+    os.makedirs(s.out_dir, exist_ok=True)
     with open(os.path.join(s.out_dir, f"{stem}.json"), "w") as f:
         json.dump(results, f, indent=2)
     with open(os.path.join(s.out_dir, f"{stem}.md"), "w") as f:
