@@ -83,15 +83,18 @@ def _remove(path):
 
 
 class _Writer:
-    """a file that keeps its first write error: torch.save's zip writer swallows it and later reports only
-    'unexpected pos ...', which does not say the disk is full"""
+    """a file that keeps its first write error (torch.save's zip writer swallows it and later reports only
+    'unexpected pos ...', which does not say the disk is full) and hashes what it writes (the writes are
+    sequential: torch.save never seeks this object), so a manifest needs no second read of the file"""
 
     def __init__(self, f):
-        self.f, self.error = f, None
+        self.f, self.error, self.sha256 = f, None, hashlib.sha256()
 
     def write(self, b):
         try:
-            return self.f.write(b)
+            n = self.f.write(b)
+            self.sha256.update(memoryview(b)[:n])
+            return n
         except OSError as e:
             self.error = self.error or e
             raise
@@ -101,9 +104,9 @@ class _Writer:
 
 
 def _write_atomic(path, write):
-    """write(file object) into path + ".tmp", flush it to disk, rename it to path. If anything fails (or the
-    process is interrupted) the temporary file is removed and path is left as it was; a full disk or a
-    refused write comes out as the OSError that says so"""
+    """write(file object) into path + ".tmp", flush it to disk, rename it to path; returns the SHA-256 of
+    what was written. If anything fails (or the process is interrupted) the temporary file is removed and
+    path is left as it was; a full disk or a refused write comes out as the OSError that says so"""
     tmp = path + ".tmp"
     try:
         with open(tmp, "wb") as raw:  # a Python file, so that write errors are Python errors
@@ -121,6 +124,7 @@ def _write_atomic(path, write):
         _remove(tmp)
         raise
     _fsync_dir(os.path.dirname(path))
+    return f.sha256.hexdigest()
 
 
 def _explain(e):
@@ -178,8 +182,8 @@ def save_to_history(out_dir, ckpt, keep=2):
     previous = [os.path.basename(m)[:-5] + ".pt" for s, m in history(out_dir) if s < step][:1]
     existed = os.path.exists(path)
     try:
-        _write_atomic(path, lambda f: torch.save(ckpt, f))
-        manifest = {"file": name, "step": step, "size": os.path.getsize(path), "sha256": sha256_of(path)}
+        digest = _write_atomic(path, lambda f: torch.save(ckpt, f))
+        manifest = {"file": name, "step": step, "size": os.path.getsize(path), "sha256": digest}
         _write_atomic(path[:-3] + ".json", lambda f: f.write((json.dumps(manifest) + "\n").encode()))
         tmp = newest + ".tmp"
         _remove(tmp)

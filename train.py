@@ -40,7 +40,7 @@ from checkpoint import save_checkpoint, load_checkpoint, model_from_checkpoint  
 from checkpoint import SaveFailed, checkpoint_dict, find_resumable, history_files, save_to_history
 import cli
 from cli import MissingFileError, Stopped, UsageError, check_choice, run
-from model import DualEncoder, model_config, WordTokenizer, tokenizer_from_state_dict, ModelConfig
+from model import PRESETS, DualEncoder, model_config, WordTokenizer, tokenizer_from_state_dict, ModelConfig
 
 # -----------------------------------------------------------------------------
 # config
@@ -555,7 +555,7 @@ def check_config(cfg, world):
 RUN_FILES = ("ckpt.pt", "config.json", "metrics.jsonl", "eval.json", "bad_records.jsonl")
 
 
-def claim_out_dir(cfg, env, log):
+def claim_out_dir(cfg, env):
     """refuse to start a new run on top of another one; --overwrite clears it, --resume continues it.
 
     Every rank looks before anybody writes (a barrier follows), so all take the same decision."""
@@ -595,7 +595,7 @@ def load_start(cfg, log):
             mcfg = model_config(cfg.model, **({"image_size": cfg.image_size} if cfg.image_size else {}))
         except KeyError:
             raise UsageError(f"--model={cfg.model}: unknown preset; expected one of "
-                             f"{', '.join(__import__('model').PRESETS)}") from None
+                             f"{', '.join(PRESETS)}") from None
     return resume_ckpt, init_ckpt, mcfg
 
 
@@ -856,7 +856,7 @@ def main(cfg):
     env = setup_distributed(cfg)
     log = print if env.master else (lambda *a, **k: None)
     check_config(cfg, env.world)
-    claim_out_dir(cfg, env, log)
+    claim_out_dir(cfg, env)
     resume_ckpt, init_ckpt, mcfg = load_start(cfg, log)
     random.seed(cfg.seed)
     dataset, tokenizer = build_data(cfg, mcfg, log, tokenizer_from_state_dict(init_ckpt["tokenizer"]) if init_ckpt else None)
