@@ -736,13 +736,13 @@ def train_step(batch, forward, teacher, cfg, mcfg, env, report):
     images = batch["images"].to(env.device, non_blocking=True)
     tokens = batch["tokens"].to(env.device, non_blocking=True)
     # concepts, then negatives: one text forward (compute_losses splits them at the concept count)
-    extra = [batch[k] for k in ("concept_tokens", "negative_tokens") if k in batch]
-    extra = torch.cat(extra).to(env.device, non_blocking=True) if extra else None
+    texts = {k: batch[k].to(env.device, non_blocking=True) for k in ("concept_tokens", "negative_tokens") if k in batch}
+    extra = torch.cat(list(texts.values())) if len(texts) > 1 else next(iter(texts.values()), None)
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=env.use_cuda and cfg.bf16):
         out = forward(images, tokens, extra, return_tokens=uses_concepts(cfg.loss))
         if teacher is not None:
             with torch.no_grad():  # the teacher sees captions and negatives only
-                batch["teacher"] = teacher(images, tokens, batch["negative_tokens"].to(env.device, non_blocking=True))
+                batch["teacher"] = teacher(images, tokens, texts["negative_tokens"])
         if "owner" in batch:
             batch["owner"] = batch["owner"].to(env.device)
         terms = compute_losses(out, batch, cfg, rank_images)
