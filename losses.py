@@ -8,7 +8,9 @@ Losses, as pure functions of embeddings. Each returns a scalar; the training loo
   igc_loss, tgc_loss   DeGLA's image- and text-grounded contrast             (METHOD.md §3.4, §3.5)
   distill_loss         DeGLA's squared distance to the EMA teacher            (METHOD.md §3.6)
 
-All embeddings arrive L2-normalised. Logits are computed in fp32 whatever the autocast dtype.
+All embeddings arrive L2-normalised. Every loss runs in at least fp32 whatever the autocast region around it:
+`fp32_loss` switches autocast off for the loss and upcasts bf16/fp16 inputs (a `.float()` alone is not enough:
+autocast would cast the next matmul back to bf16). fp64 inputs stay fp64, for the tests.
 
 Distributed form (METHOD.md §4.1-§4.2): every rank keeps its own image rows
 (x and the visual tokens U) and gathers the texts and concepts of all ranks with a gather that
@@ -16,6 +18,8 @@ carries gradients back to their owners. Each rank then computes only its b image
 global columns, divided by the global count, so the per-rank losses sum to the single-process
 loss on the concatenated batch. `row_offset` says which global rows this rank holds.
 """
+
+import functools
 
 import torch
 import torch.distributed as dist
@@ -28,7 +32,29 @@ from torch.utils.checkpoint import checkpoint
 
 def fp32(x):
     """losses run in at least fp32 (bf16/fp16 inputs are upcast; fp64 stays fp64 for the tests)"""
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+    if isinstance(x, (tuple, list)):
+        return type(x)(fp32(v) for v in x)
+    if torch.is_tensor(x) and x.dtype in (torch.float16, torch.bfloat16):
+        return x.float()
+    return x
+
+
+def _device_type(args):
+    for a in args:
+        if torch.is_tensor(a):
+            return a.device.type
+        if isinstance(a, (tuple, list)) and a and torch.is_tensor(a[0]):
+            return a[0].device.type
+    return "cpu"
+
+
+def fp32_loss(fn):
+    """run a loss with autocast off and its low-precision tensor inputs upcast to fp32"""
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        with torch.autocast(_device_type(args), enabled=False):
+            return fn(*fp32(args), **{k: fp32(v) for k, v in kwargs.items()})
+    return wrapped
 
 
 def sigmoid_loss(logits, positive, divisor):
@@ -37,6 +63,7 @@ def sigmoid_loss(logits, positive, divisor):
     return -F.logsigmoid(z * logits).sum() / divisor
 
 
+@fp32_loss
 def siglip_loss(x, y, logit_scale, logit_bias, row_offset=0):
     """L_con. x: this rank's images (b, d); y: all captions (B, d); image i matches caption row_offset + i.
 
@@ -52,6 +79,7 @@ def siglip_loss(x, y, logit_scale, logit_bias, row_offset=0):
 # C2LIP
 
 
+@fp32_loss
 def concept_loss(x, c, owner, logit_scale, logit_bias, row_offset=0):
     """L_npc. x: images (b, d); c: all concepts (N, d); owner: (N,) global image index of each concept.
 
@@ -77,6 +105,7 @@ def xattn_cosines(tokens, c, temperature=1.0):
     return num / den2.clamp_min(1e-16).sqrt()  # = num / max(|v|, 1e-8)
 
 
+@fp32_loss
 def xattn_concept_loss(tokens, c, owner, logit_scale, logit_bias, row_offset=0, temperature=1.0, chunk=0):
     """L_xac. tokens: this rank's unit visual tokens (b, T, d); c, owner as in concept_loss.
 
@@ -144,6 +173,7 @@ def gather(x, with_grad=True):
     rank, world = world_info()
     if world == 1:
         return x, [x.shape[0]]
+    x = fp32(x)  # bf16 rows travel as fp32: the loss upcasts them anyway, and not every backend reduces bf16
     sizes = gather_sizes(x.shape[0], x.device)
     if with_grad and x.requires_grad:
         return _GatherWithGrad.apply(x, sizes), sizes
@@ -172,6 +202,7 @@ def _rows(b, row_offset, device):
     return torch.arange(b, device=device) + row_offset
 
 
+@fp32_loss
 def degla_base_loss(v, v_all, p_all, q_all, logit_scale, row_offset=0, own_only=False):
     """L_base, NegCLIP-style (METHOD.md §3.3, paper Eq. 4): 1/2 (CE_I->T + CE_T->I), each a mean over N.
 
@@ -195,6 +226,7 @@ def degla_base_loss(v, v_all, p_all, q_all, logit_scale, row_offset=0, own_only=
     return 0.5 * (ce_i2t + ce_t2i) / N
 
 
+@fp32_loss
 def igc_loss(v, p_all, q_all, logit_scale, row_offset=0):
     """L_IGC, image-grounded contrast (paper Eq. 8): per image a (1+K)-way softmax over its caption and
     its own K negatives, label 0, mean over the global N. A column subset of L_base's I->T logits."""
@@ -223,6 +255,7 @@ def tgc_negative_rows(rows, N, K, mask="own"):
     raise ValueError(f"tgc_mask={mask!r}: expected 'own' or 'official'")
 
 
+@fp32_loss
 def tgc_loss(p_all, p_teacher, q_all, row_offset=0, scale=10.0, mask="own"):
     """L_TGC, text-grounded contrast (paper Eq. 9): this rank's student captions p_i as queries, the
     EMA teacher's embedding of the same caption as the positive, K student negatives, label 0.
@@ -240,6 +273,7 @@ def tgc_loss(p_all, p_teacher, q_all, row_offset=0, scale=10.0, mask="own"):
     return F.cross_entropy(scale * logits, target, reduction="sum") / N
 
 
+@fp32_loss
 def distill_loss(student, teacher):
     """L_distill (paper Eq. 7): sum over every vector of |s - s*|^2, no mean, no temperature.
 
