@@ -42,6 +42,7 @@ from dataclasses import dataclass, asdict, fields, replace
 
 import torch
 
+import runtime
 import train
 from cli import UsageError, run as run_cli
 from model import DualEncoder, PRESETS, model_config
@@ -133,17 +134,18 @@ def step_flops(cfg, loss, B, concepts=3, negatives=4):
 
 
 def synthetic_batch(cfg, bcfg, device):
-    """random images and token ids in the shapes train.py's collate gives, on the device"""
+    """random images and token ids in the shape train.py's collate gives (texts by name), on the device"""
     g = torch.Generator().manual_seed(bcfg.seed)
     B, C = bcfg.batch, cfg.context_length
-    tok = lambda n: torch.randint(3, cfg.vocab_size, (n, C), generator=g)  # noqa: E731 (ids 0-2 are specials)
-    batch = {"images": torch.randn(B, 3, cfg.image_size, cfg.image_size, generator=g), "tokens": tok(B), "extra": None}
+    tok = lambda n: torch.randint(3, cfg.vocab_size, (n, C), generator=g).to(device)  # noqa: E731 (0-2: specials)
+    images = torch.randn(B, 3, cfg.image_size, cfg.image_size, generator=g).to(device)
+    batch = {"images": images, "texts": {"captions": tok(B)}, "owner": {}, "skipped": []}
     if bcfg.loss == "c2lip":
-        batch["extra"] = tok(B * bcfg.concepts)
-        batch["owner"] = torch.arange(B).repeat_interleave(bcfg.concepts)  # concept j belongs to image j // concepts
+        batch["texts"]["concepts"] = tok(B * bcfg.concepts)  # concept j belongs to image j // concepts
+        batch["owner"]["concepts"] = torch.arange(B).repeat_interleave(bcfg.concepts).to(device)
     if bcfg.loss == "degla":
-        batch["extra"] = tok(B * bcfg.negatives)  # sample-major: row n*K + k is negative k of caption n
-    return {k: v.to(device) if v is not None else None for k, v in batch.items()}
+        batch["texts"]["negatives"] = tok(B * bcfg.negatives)  # sample-major: row n*K + k is negative k of caption n
+    return batch
 
 
 def make_optimizer(model, tcfg, fused):
@@ -168,7 +170,7 @@ def build_ours(cfg, bcfg, device):
     torch.manual_seed(bcfg.seed)
     tcfg = train.Config(loss=bcfg.loss, batch_size=bcfg.batch, num_negatives=bcfg.negatives, model=bcfg.model,
                         bf16=bcfg.bf16, compile=bcfg.compile)
-    env = train.Env(rank=0, world=1, local_rank=0, device=device, ddp=False, use_cuda=device.type == "cuda")
+    env = runtime.Env(rank=0, world=1, local_rank=0, device=device, ddp=False, use_cuda=device.type == "cuda")
     model = DualEncoder(cfg).to(device).train()
     teacher = None
     if bcfg.loss == "degla":
@@ -176,16 +178,12 @@ def build_ours(cfg, bcfg, device):
         teacher = copy.deepcopy(model).requires_grad_(False).eval()
     opt = make_optimizer(model, tcfg, bcfg.fused)
     forward = torch.compile(model) if bcfg.compile else model
-    batch = synthetic_batch(cfg, bcfg, device)
-    # the names train.py's collate gives; train_step moves them to the device (a no-op here)
-    batch = {"images": batch["images"], "tokens": batch["tokens"], "skipped": [],
-             **({"concept_tokens": batch["extra"], "owner": batch["owner"]} if bcfg.loss == "c2lip" else {}),
-             **({"negative_tokens": batch["extra"]} if bcfg.loss == "degla" else {})}
+    batch = synthetic_batch(cfg, bcfg, device)  # train_step moves it to the device (a no-op here)
     for g in opt.param_groups:
         g["lr"] = tcfg.lr * g["lr_mult"]
 
     def step():
-        train.train_step(batch, forward, teacher, tcfg, cfg, env, _NoReport)
+        train.train_step(batch, forward, teacher, tcfg, env, _NoReport)
         train.finish_step(model, teacher, opt, tcfg)
 
     return step, (model, teacher, opt, batch)
@@ -208,7 +206,7 @@ def build_openclip(cfg, bcfg, device):
 
     def step():
         with autocast:
-            x, y, scale, bias = forward(batch["images"], batch["tokens"])  # scale is already exp(logit_scale)
+            x, y, scale, bias = forward(batch["images"], batch["texts"]["captions"])  # scale is already exp(logit_scale)
             loss = loss_fn(x, y, scale, bias)
         loss.backward()
         opt.step()
@@ -236,7 +234,7 @@ def resident_bytes(model, teacher, opt, batch):
     """bytes of what lives across steps: parameters, optimizer state, teacher, batch"""
     tensors = list(model.parameters()) + [t for s in opt.state.values() for t in s.values() if torch.is_tensor(t)]
     tensors += list(teacher.parameters()) if teacher is not None else []
-    tensors += [t for t in batch.values() if torch.is_tensor(t)]  # (train_step adds the teacher's outputs: transient)
+    tensors += [batch["images"], *batch["texts"].values(), *batch["owner"].values()]  # (train_step adds the teacher's outputs: transient)
     return sum(t.numel() * t.element_size() for t in tensors)
 
 

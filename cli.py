@@ -28,7 +28,7 @@ class MissingFileError(UsageError, FileNotFoundError):
 
 class Stopped(RuntimeError):
     """a run stopped on purpose (too many bad records, a non-finite loss): one line, exit status 3"""
-    exit_code = 3  # a subclass may name its own (train.Preempted: 75)
+    exit_code = 3  # a subclass may name its own (runtime.Preempted: 75)
 
 
 def _field_comments(cls):

@@ -483,34 +483,36 @@ class Subset(torch.utils.data.Dataset):
 # batching
 
 
-class Collate:
-    """list of items -> batch dict: images (b, 3, H, W), tokens (b, C), captions, index (b,), and when the
-    items carry them, concept_tokens (n, C) with owner (n,) = local image index of each concept, and
-    negative_tokens (b*K, C), sample-major (row i*K + k = negative k of sample i)."""
+TEXT_GROUPS = ("concepts", "negatives")  # texts an item may carry besides its caption, each a list of strings
 
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
+
+class Collate:
+    """list of items -> batch dict: images (b, 3, H, W), captions (strings), index (b,), skipped (the unreadable
+    items), and the tokenised texts by name: texts["captions"] (b, C) and, for every group in `groups`,
+    texts[group] (n, C) with owner[group] (n,) = local image index of each text. Negatives are sample-major
+    (row i*K + k = negative k of sample i). A rank whose items were all unreadable gets zero-row tensors of
+    every kind, so it still joins every collective of the step. A new group of texts: the items carry it
+    under its name, and it is listed in `groups`."""
+
+    def __init__(self, tokenizer, image_size, groups=()):
+        self.tokenizer, self.image_size, self.groups = tokenizer, image_size, tuple(groups)
 
     def __call__(self, items):
         # what an unreadable item says about itself (index; shard and key for shards), then why
         skipped = [{**{k: v for k, v in it.items() if k != "skip"}, "reason": it["skip"]} for it in items if "skip" in it]
         items = [it for it in items if "skip" not in it]
         captions = [it["caption"] for it in items]
-        if not items:  # every image of this rank's batch was unreadable
-            return {"images": None, "captions": [], "skipped": skipped, "index": torch.zeros(0, dtype=torch.long)}
-        batch = {
-            "skipped": skipped,
-            "images": torch.stack([it["image"] for it in items]),
-            "tokens": self.tokenizer.encode(captions),
-            "captions": captions,
-            "index": torch.tensor([it["index"] for it in items]),
-        }
-        if "concepts" in items[0]:
-            batch["concept_tokens"] = self.tokenizer.encode([p for it in items for p in it["concepts"]])
-            batch["owner"] = torch.tensor([i for i, it in enumerate(items) for _ in it["concepts"]], dtype=torch.long)
-        if "negatives" in items[0]:
-            batch["negative_tokens"] = self.tokenizer.encode([n for it in items for n in it["negatives"]])
+        images = torch.stack([it["image"] for it in items]) if items else torch.zeros(0, 3, self.image_size, self.image_size)
+        batch = {"skipped": skipped, "images": images, "captions": captions,
+                 "index": torch.tensor([it["index"] for it in items], dtype=torch.long),
+                 "texts": {"captions": self.encode(captions)}, "owner": {}}
+        for name in self.groups:
+            batch["texts"][name] = self.encode([t for it in items for t in it[name]])
+            batch["owner"][name] = torch.tensor([i for i, it in enumerate(items) for _ in it[name]], dtype=torch.long)
         return batch
+
+    def encode(self, texts):
+        return self.tokenizer.encode(texts) if texts else torch.zeros(0, self.tokenizer.context_length, dtype=torch.long)
 
 
 class ResumableSampler(torch.utils.data.DistributedSampler):
@@ -741,3 +743,14 @@ if __name__ == "__main__":
         d.text((x, y + 130), cap, fill=(0, 0, 0), font=ImageFont.load_default())
     sheet.save(a.out)
     print(f"wrote {a.out}")
+def epoch_batches(loader, dataset, start_step, local_batch):
+    """the batches from global step start_step on, epoch after epoch; a function of (seed, epoch, step) only"""
+    steps_per_epoch = len(loader)
+    epoch, skip = divmod(start_step, steps_per_epoch)
+    while True:
+        loader.sampler.set_epoch(epoch)
+        loader.sampler.skip = skip * local_batch
+        if hasattr(dataset, "epoch"):
+            dataset.epoch = epoch
+        yield from loader
+        epoch, skip = epoch + 1, 0

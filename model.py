@@ -419,18 +419,21 @@ class DualEncoder(nn.Module):
         """token ids (n, C) -> unit y (n, d)"""
         return F.normalize(self.text(tokens), dim=-1)
 
-    def forward(self, images, tokens, extra_tokens=None, return_tokens=False):
+    def encode_texts(self, groups):
+        """named groups of token ids {name: (n_name, C)} -> {name: unit (n_name, d)}, in one pass of the tower"""
+        names = list(groups)
+        y = self.encode_text(torch.cat([groups[k] for k in names]))
+        return dict(zip(names, y.split([groups[k].shape[0] for k in names])))
+
+    def forward(self, images, texts, return_tokens=False):
         """one call for everything a training step needs (DDP wraps this forward).
 
-        extra_tokens (C2LIP's concepts, DeGLA's negatives) go through the same text pass.
-        Returns a dict with fixed keys; absent parts are None.
+        texts: named groups of token ids, e.g. {"captions": ..., "concepts": ..., "negatives": ...}; they share
+        one text pass. Returns {"image", "patch_tokens" (None unless return_tokens), "text": {name: embeddings},
+        "logit_scale", "logit_bias"}.
         """
         x, patch_tokens = self.encode_image(images, return_tokens)
-        n = tokens.shape[0]
-        texts = tokens if extra_tokens is None else torch.cat([tokens, extra_tokens])
-        y = self.encode_text(texts)
-        return {"image": x, "patch_tokens": patch_tokens, "text": y[:n],
-                "extra": None if extra_tokens is None else y[n:],
+        return {"image": x, "patch_tokens": patch_tokens, "text": self.encode_texts(texts),
                 "logit_scale": self.logit_scale, "logit_bias": self.logit_bias}
 
     def num_params(self):

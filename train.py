@@ -23,24 +23,21 @@ import math
 import os
 import random
 import signal
-import sys
-import threading
 import time
-from dataclasses import dataclass, asdict, fields
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
-from tqdm import tqdm
 
 import data
 import losses
+import runtime
 import shards
 from checkpoint import save_checkpoint, load_checkpoint, model_from_checkpoint  # noqa: F401 (re-exported)
-from checkpoint import SaveFailed, checkpoint_dict, find_resumable, history_files, save_to_history
 import cli
-from cli import MissingFileError, Stopped, UsageError, check_choice, run
-from model import PRESETS, DualEncoder, model_config, WordTokenizer, tokenizer_from_state_dict, ModelConfig
+from cli import MissingFileError, UsageError, check_choice, run
+from model import DualEncoder, WordTokenizer, tokenizer_from_state_dict
 
 # -----------------------------------------------------------------------------
 # config
@@ -158,37 +155,45 @@ def uses_negatives(loss):  # and the EMA teacher
     return loss in ("degla", "c2lip+degla")
 
 
+def text_groups(loss):
+    """the groups of texts a loss needs besides the captions (data.Collate tokenises them by name)"""
+    return ("concepts",) * uses_concepts(loss) + ("negatives",) * uses_negatives(loss)
+
+
+TEACHER_TEXTS = ("captions", "negatives")  # what DeGLA's EMA teacher encodes (besides the images)
+
+
 def compute_losses(out, batch, cfg, rank_images):
     """the loss terms of one step, as a dict of scalars (this rank's share of each global loss).
 
+    out: the model's outputs, texts by name (out["text"]["captions"], ["concepts"], ["negatives"]);
+    batch["owner"]["concepts"]: local image index of each concept; batch["teacher"]: the EMA teacher's outputs.
     rank_images: every rank's image count (list); this rank's rows start at the sum of earlier ones.
-    out["extra"] holds this rank's concepts, then its negatives (c2lip+degla has both). With negatives
-    DeGLA's L_base replaces L_con; the EMA teacher's outputs (of captions and negatives) arrive as batch["teacher"].
+    With negatives DeGLA's L_base replaces L_con.
     """
     rank, _ = losses.world_info()
     offset = sum(rank_images[:rank])
-    t, b = out["logit_scale"], out["logit_bias"]
-    y_all, _ = losses.gather(out["text"])
-    n_concepts = batch["owner"].shape[0] if uses_concepts(cfg.loss) else 0
+    t, b, text = out["logit_scale"], out["logit_bias"], out["text"]
+    y_all, _ = losses.gather(text["captions"])
     terms = {}
     if uses_negatives(cfg.loss):
         v_all, _ = losses.gather(out["image"])
-        q = out["extra"][n_concepts:]
-        q_all, _ = losses.gather(q)  # negatives gathered apart from the captions: the layout [P], [Q] holds
+        q_all, _ = losses.gather(text["negatives"])  # negatives gathered apart from the captions: the layout [P], [Q] holds
         terms["base"] = losses.degla_base_loss(out["image"], v_all, y_all, q_all, t, offset, cfg.base_own_only)
     else:
         terms["con"] = losses.siglip_loss(out["image"], y_all, t, b, offset)
     if uses_concepts(cfg.loss):  # sigmoid losses: t and b, shared with L_con (or, combined, b trained by these alone)
-        c_all, _ = losses.gather(out["extra"][:n_concepts])
-        owner_all = losses.gather_owners(batch["owner"], rank_images)
+        c_all, _ = losses.gather(text["concepts"])
+        owner_all = losses.gather_owners(batch["owner"]["concepts"], rank_images)
         terms["npc"] = losses.concept_loss(out["image"], c_all, owner_all, t, b, offset)
         terms["xac"] = losses.xattn_concept_loss(out["patch_tokens"], c_all, owner_all, t, b, offset,
                                                  cfg.xac_temperature, cfg.xac_chunk)
     if uses_negatives(cfg.loss):  # softmax losses: t only (IGC) or a fixed scale (TGC)
         tea = batch["teacher"]
         terms["igc"] = losses.igc_loss(out["image"], y_all, q_all, t, offset)
-        terms["tgc"] = losses.tgc_loss(y_all, tea["text"], q_all, offset, cfg.tgc_scale, cfg.tgc_mask)
-        terms["distill"] = losses.distill_loss((out["image"], out["text"], q), (tea["image"], tea["text"], tea["extra"]))
+        terms["tgc"] = losses.tgc_loss(y_all, tea["text"]["captions"], q_all, offset, cfg.tgc_scale, cfg.tgc_mask)
+        terms["distill"] = losses.distill_loss((out["image"], text["captions"], text["negatives"]),
+                                               (tea["image"], tea["text"]["captions"], tea["text"]["negatives"]))
     return terms
 
 
@@ -319,208 +324,9 @@ def build_data(cfg, mcfg, log=print, tokenizer=None):
 # -----------------------------------------------------------------------------
 # reliability: resume checks, bad data, non-finite losses
 
-RESUME_KEYS = ("data", "model", "image_size", "loss", "batch_size", "seed", "world_scenes", "world_seed", "min_objects",
-               "max_objects", "world_split", "relations", "num_negatives", "concepts", "negatives", "caption_key",
-               "resampled", "samples_per_epoch", "shuffle_window")  # what must not change under --resume
-
-
-def check_resume_config(saved, cfg, path):
-    # a key the saved config lacks (an older run) had its default
-    was = lambda k: saved.get(k, getattr(Config, k))  # noqa: E731
-    diff = [f"{k}: {was(k)!r} -> {getattr(cfg, k)!r}" for k in RESUME_KEYS if was(k) != getattr(cfg, k)]
-    if diff:
-        raise UsageError(f"--resume: {path} was written by a different run ({'; '.join(diff)}); "
-                         f"use another --out_dir or the same settings")
-
-
-def agree_on_step(loss, stop, ddp):
-    """(is the loss finite on every rank, has any rank been asked to stop) after a step.
-
-    One all_reduce and one host sync per step answer both: a stop signal may reach the ranks at different
-    times (or only some of them), and every rank must stop after the same step or the others would wait
-    in the next step's collectives forever."""
-    flags = torch.stack([(~torch.isfinite(loss.detach())).float(), torch.full((), float(stop), device=loss.device)])
-    if ddp:
-        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-    bad, stop = flags.tolist()
-    return not bad, bool(stop)
-
-
-PREEMPTED_EXIT = 75  # EX_TEMPFAIL ("try again later"): stopped by a signal, checkpoint written, resume me
-
-
-class Preempted(Stopped):
-    """stopped on SIGTERM or --preempt_signal after a checkpoint: one line, exit status PREEMPTED_EXIT"""
-    exit_code = PREEMPTED_EXIT
-
-
-class StopSignals:
-    """SIGTERM (what schedulers send before a kill) and cfg.preempt_signal only raise a flag here; the loop
-    looks at it after each step, so a step is never cut in half. Handlers are restored by close()."""
-
-    def __init__(self, extra=""):
-        self.received = None
-        self.saved = {}
-        if threading.current_thread() is not threading.main_thread():
-            return  # signals reach the main thread only (train.main called from a thread: no handlers)
-        for sig in {signal.SIGTERM} | ({getattr(signal, extra)} if extra else set()):
-            self.saved[sig] = signal.signal(sig, self.handle)
-
-    def handle(self, signum, frame):
-        self.received = self.received or signal.Signals(signum).name
-
-    def close(self):
-        for sig, handler in self.saved.items():
-            signal.signal(sig, handler)
-        self.saved = {}
-
-
-def save_step(cfg, env, model, optimizer, teacher, tokenizer, step):
-    """rank 0 writes the checkpoint; every rank learns whether it worked, so that a failed save (full disk,
-    read-only folder) stops all of them with the same message instead of leaving some waiting"""
-    failure = None
-    if env.master:
-        extra = {"teacher": teacher.state_dict()} if teacher is not None else None
-        try:
-            save_to_history(cfg.out_dir, checkpoint_dict(model, optimizer, cfg, tokenizer, step, extra), cfg.keep_ckpts)
-        except SaveFailed as e:
-            failure = e
-    if env.ddp:  # doubles as the barrier: nobody runs ahead of a checkpoint being written
-        ok = torch.tensor(0.0 if failure else 1.0, device=env.device)
-        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
-        if not ok.item() and failure is None:
-            failure = SaveFailed(f"rank 0 could not write the checkpoint of step {step} (its message says why); "
-                                 f"rerun with --resume once out_dir is writable")
-    if failure is not None:
-        raise failure
-
-
-class DataWorkerDied(Stopped):
-    """a DataLoader worker process died or stopped answering"""
-
-
-def worker_failure(e):
-    """a DataWorkerDied for torch's RuntimeError about a DataLoader worker that died or timed out, else None.
-    torch notices a killed worker through SIGCHLD and raises wherever the main process happens to be (in the
-    forward, say), so the loop as a whole is watched, not only the fetch of a batch"""
-    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    if "DataLoader worker" not in text and "DataLoader timed out" not in text:
-        return None
-    return DataWorkerDied(f"a data-loading worker failed ({text}); usually the out-of-memory killer (see dmesg) or "
-                          f"a crash while decoding an image: give the job more memory or lower --workers "
-                          f"(--workers=0 shows the real error), then rerun with --resume")
-
-
-def empty_batch(mcfg, cfg):
-    """a zero-row batch: the rank still joins every collective of the step"""
-    z = torch.zeros(0, mcfg.context_length, dtype=torch.long)
-    out = {"images": torch.zeros(0, 3, mcfg.image_size, mcfg.image_size), "tokens": z}
-    if uses_concepts(cfg.loss):
-        out.update(concept_tokens=z, owner=torch.zeros(0, dtype=torch.long))
-    if uses_negatives(cfg.loss):
-        out["negative_tokens"] = z
-    return out
-
-
-def describe(rec):
-    """one bad record as 'where: why'"""
-    where = ":".join(str(rec[k]) for k in ("file", "line", "shard", "key") if rec.get(k) is not None) \
-        or f"record {rec.get('index', '?')}"
-    return f"{where}: {rec.get('reason', 'unreadable')}"
-
-
-class BadDataReport:
-    """counts and lists every record that was skipped (bad line, unreadable image) or altered (caption
-    truncated to the context), in out_dir/bad_records.jsonl, and stops the run past cfg.max_skip_fraction"""
-
-    def __init__(self, cfg, dataset, tokenizer, master, log):
-        self.cfg, self.master, self.log = cfg, master, log
-        self.path = os.path.join(cfg.out_dir, "bad_records.jsonl")
-        self.load_skipped = list(getattr(getattr(dataset, "dataset", dataset), "problems", []))
-        # a missing shard stands for many records ("samples": the mean shard size)
-        self.load_count = sum(p.get("samples", 1) for p in self.load_skipped)
-        self.n_records = len(dataset) + self.load_count
-        self.image_skips = 0
-        self.image_examples = []  # the first few, for the message that stops a run
-        self.nonfinite_steps = 0
-        # a caption longer than the context is truncated (its EOS kept last), as SigLIP does
-        limit = tokenizer.context_length - 1
-        long = [i for i, n in enumerate(tokenizer.token_counts(dataset.captions)) if n > limit] \
-            if cfg.data != "world" else []
-        if master:
-            os.makedirs(cfg.out_dir, exist_ok=True)
-            with open(self.path, "a") as f:
-                for p in self.load_skipped:
-                    f.write(json.dumps({**p, "action": "skipped"}) + "\n")
-                for i in long:
-                    f.write(json.dumps({"file": cfg.data, "index": i, "action": "truncated",
-                                        "reason": f"caption longer than {limit} tokens"}) + "\n")
-        if self.load_skipped or long:
-            log(f"data: {len(self.load_skipped)} bad records skipped at load, {len(long)} captions truncated "
-                f"to the context; listed in {self.path}")
-        self.check()
-
-    def add_skipped(self, skipped, n_global):
-        """skipped: this rank's unreadable images (each rank lists its own); n_global: all ranks' count"""
-        self.image_skips += n_global
-        self.image_examples += skipped[:3]
-        if skipped:
-            with open(self.path, "a") as f:
-                for s in skipped:
-                    f.write(json.dumps({**s, "action": "skipped"}) + "\n")
-        if n_global:
-            self.check()
-
-    def skipped(self):
-        return self.load_count + self.image_skips
-
-    def check(self):
-        if self.skipped() > self.cfg.max_skip_fraction * self.n_records:
-            first = "; ".join(describe(r) for r in (self.load_skipped + self.image_examples)[:3])
-            raise Stopped(f"{self.skipped()} of {self.n_records} records skipped, more than "
-                          f"--max_skip_fraction={self.cfg.max_skip_fraction} (first: {first}); all are listed in "
-                          f"{self.path}; fix the data, or raise --max_skip_fraction")
-
-    def summary(self):
-        if self.skipped() or self.nonfinite_steps:
-            self.log(f"data: {self.skipped()} records skipped in all ({self.load_count} at load, "
-                     f"{self.image_skips} unreadable images), {self.nonfinite_steps} non-finite steps skipped; "
-                     f"see {self.path}")
 
 # -----------------------------------------------------------------------------
 # the steps of main
-
-
-@dataclass
-class Env:
-    """where this process runs: torchrun sets RANK / WORLD_SIZE / LOCAL_RANK; plain python is world size 1"""
-    rank: int
-    world: int
-    local_rank: int
-    device: torch.device
-    ddp: bool
-    use_cuda: bool
-
-    @property
-    def master(self):
-        return self.rank == 0
-
-
-def setup_distributed(cfg):
-    ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
-    if ddp:
-        dist.init_process_group("nccl" if use_cuda else "gloo")
-    rank, world = losses.world_info()
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
-    if use_cuda:
-        torch.cuda.set_device(device)
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    return Env(rank, world, local_rank, device, ddp, use_cuda)
 
 
 def check_config(cfg, world):
@@ -552,53 +358,6 @@ def check_config(cfg, world):
                          f"or \"\" for SIGTERM only")
 
 
-RUN_FILES = ("ckpt.pt", "config.json", "metrics.jsonl", "eval.json", "bad_records.jsonl")
-
-
-def claim_out_dir(cfg, env):
-    """refuse to start a new run on top of another one; --overwrite clears it, --resume continues it.
-
-    Every rank looks before anybody writes (a barrier follows), so all take the same decision."""
-    found = [f for f in RUN_FILES if os.path.exists(os.path.join(cfg.out_dir, f))]
-    found += [f for f in history_files(cfg.out_dir) if f not in found]  # ckpt_<step>.pt/.json, leftover .tmp
-    if found and not cfg.resume and not cfg.overwrite:
-        raise UsageError(f"--out_dir={cfg.out_dir} holds another run ({', '.join(found)}); pass another --out_dir, "
-                         f"--resume to continue it, or --overwrite to replace it")
-    if env.ddp:
-        dist.barrier()
-    if env.master and cfg.overwrite:
-        for f in found:
-            os.remove(os.path.join(cfg.out_dir, f))
-
-
-def load_start(cfg, log):
-    """(resume checkpoint or None, init checkpoint or None, model config) for a fresh, --init or --resume start.
-
-    --resume takes the newest checkpoint in out_dir that checks out against its manifest, reporting any it
-    passes over; none at all starts at step 0 (so the first attempt of `torchrun --max-restarts=N ... --resume`
-    is an ordinary start); checkpoints that are all unusable are an error."""
-    resume_ckpt, ckpt_path = find_resumable(cfg.out_dir, log) if cfg.resume else (None, None)
-    if cfg.resume:
-        log(f"resume: {f'found {ckpt_path}' if ckpt_path else f'no checkpoint in {cfg.out_dir}, starting at step 0'}")
-    init_ckpt = resume_ckpt or (load_checkpoint(cfg.init) if cfg.init else None)
-    if init_ckpt is not None and (cfg.init or init_ckpt["config"].get("init")):  # the label travels on
-        cfg.model = init_ckpt["config"].get("model", cfg.model)  # ("siglip2-B/16", not the default "tiny")
-    if resume_ckpt is not None:
-        check_resume_config(resume_ckpt["config"], cfg, ckpt_path)
-    if init_ckpt is not None:
-        mcfg = ModelConfig(**init_ckpt["model_config"])
-        if cfg.image_size and cfg.image_size != mcfg.image_size:
-            raise UsageError(f"--image_size={cfg.image_size} does not match the checkpoint's {mcfg.image_size}; "
-                             f"drop --image_size or start from scratch")
-    else:
-        try:
-            mcfg = model_config(cfg.model, **({"image_size": cfg.image_size} if cfg.image_size else {}))
-        except KeyError:
-            raise UsageError(f"--model={cfg.model}: unknown preset; expected one of "
-                             f"{', '.join(PRESETS)}") from None
-    return resume_ckpt, init_ckpt, mcfg
-
-
 def build_model(cfg, mcfg, tokenizer, resume_ckpt, init_ckpt, device, log):
     """(student, EMA teacher or None) on device, with the checkpoint's weights where there is one"""
     mcfg.vocab_size = tokenizer.vocab_size
@@ -627,31 +386,11 @@ def build_model(cfg, mcfg, tokenizer, resume_ckpt, init_ckpt, device, log):
     return model, teacher
 
 
-def write_run_info(cfg, mcfg, env):
-    os.makedirs(cfg.out_dir, exist_ok=True)
-    with open(os.path.join(cfg.out_dir, "config.json"), "w") as f:
-        json.dump({"config": asdict(cfg), "model": asdict(mcfg), "world_size": env.world,
-                   "torch": torch.__version__, "python": sys.version.split()[0]}, f, indent=2)
-
-
-def epoch_batches(loader, dataset, start_step, local_batch):
-    """the batches from global step start_step on, epoch after epoch; a function of (seed, epoch, step) only"""
-    steps_per_epoch = len(loader)
-    epoch, skip = divmod(start_step, steps_per_epoch)
-    while True:
-        loader.sampler.set_epoch(epoch)
-        loader.sampler.skip = skip * local_batch
-        if hasattr(dataset, "epoch"):
-            dataset.epoch = epoch
-        yield from loader
-        epoch, skip = epoch + 1, 0
-
-
 def make_batches(cfg, mcfg, dataset, tokenizer, env, start_step):
     """(this rank's batches from global step start_step on, endless; steps per epoch) for either source:
     a sampler over an in-memory dataset, or the shard plan, which maps (epoch, step) to samples"""
     local_batch = cfg.batch_size // env.world
-    collate = data.Collate(tokenizer)
+    collate = data.Collate(tokenizer, mcfg.image_size, text_groups(cfg.loss))
     if isinstance(dataset, shards.ShardIndex):
         plan = shards.Plan(dataset, cfg.batch_size, env.world, cfg.seed, cfg.shuffle_window, cfg.resampled,
                            cfg.samples_per_epoch)
@@ -666,85 +405,22 @@ def make_batches(cfg, mcfg, dataset, tokenizer, env, start_step):
     if isinstance(dataset, shards.ShardIndex):
         stream = shards.ShardStream(dataset, plan, env.rank, mcfg.image_size, cfg.seed)
         stream.start_step = start_step
-        return checked(iter(shards.make_loader(stream, collate, cfg.workers, pin=env.use_cuda)), cfg.bad_data), steps
-    return epoch_batches(loader, dataset, start_step, local_batch), steps
+        return runtime.checked(iter(shards.make_loader(stream, collate, cfg.workers, pin=env.use_cuda)), cfg.bad_data), steps
+    return data.epoch_batches(loader, dataset, start_step, local_batch), steps
 
 
-def checked(batches, on_error):
-    """under --bad_data=error, the first unreadable sample stops the run here, naming it (shards)"""
-    for batch in batches:
-        if on_error == "error" and batch["skipped"]:
-            raise data.BadRecord(f"{describe(batch['skipped'][0])}; --bad_data=skip skips and lists such samples")
-        yield batch
-
-
-class Logger:
-    """one line per log step on rank 0 (step/total, losses, lr, t, b, img/s, elapsed, eta) and the same numbers
-    in out_dir/metrics.jsonl; a fresh run starts a fresh file, a resumed one keeps the lines up to its step"""
-
-    def __init__(self, cfg, env, start_step):
-        self.cfg, self.env, self.start_step = cfg, env, start_step
-        self.t_start = self.t_last = time.time()
-        self.n_images = 0
-        self.file = None
-        if env.master:
-            path = os.path.join(cfg.out_dir, "metrics.jsonl")
-            kept = []
-            if start_step and os.path.exists(path):
-                with open(path) as f:
-                    kept = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= start_step]
-            self.file = open(path, "w")
-            self.file.writelines(kept)
-            self.file.flush()
-
-    def log_step(self, step, loss, terms, lr, model):
-        vals = torch.stack([loss.detach()] + [v.detach() for v in terms.values()]).float()
-        if self.env.ddp:
-            dist.all_reduce(vals)  # per-rank shares sum to the global losses
-        now = time.time()
-        rec = {"step": step, "loss": vals[0].item(), **{k: vals[i + 1].item() for i, k in enumerate(terms)},
-               "lr": lr, "t": model.logit_scale.exp().item(), "b": model.logit_bias.item(),
-               "img_s": self.n_images / max(now - self.t_last, 1e-9), "elapsed_s": now - self.t_start}
-        self.t_last, self.n_images = now, 0
-        if self.env.master:
-            done = step - self.start_step
-            eta = (now - self.t_start) / done * (self.cfg.steps - step) if done else 0.0
-            print(f"step {step:>{len(str(self.cfg.steps))}}/{self.cfg.steps} | loss {rec['loss']:.4f} | "
-                  + " | ".join(f"{k} {rec[k]:.4f}" for k in terms)
-                  + f" | lr {lr:.2e} | t {rec['t']:.2f} b {rec['b']:.2f} | {rec['img_s']:.0f} img/s"
-                  + f" | {clock(now - self.t_start)} elapsed, eta {clock(eta)}", flush=True)
-            self.file.write(json.dumps(rec) + "\n")
-            self.file.flush()
-
-    def close(self):
-        if self.file:
-            self.file.close()
-
-
-def clock(seconds):
-    m, s = divmod(int(round(seconds)), 60)
-    h, m = divmod(m, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
-
-
-def train_step(batch, forward, teacher, cfg, mcfg, env, report):
+def train_step(batch, forward, teacher, cfg, env, report):
     """forward, loss and backward of one global batch -> (loss, terms, images on this rank)"""
-    if batch["images"] is None:  # every image of this rank's batch was unreadable: take part with no rows
-        batch.update(empty_batch(mcfg, cfg))
     rank_images = losses.gather_sizes(batch["images"].shape[0], env.device)
     report.add_skipped(batch["skipped"], cfg.batch_size - sum(rank_images))
     images = batch["images"].to(env.device, non_blocking=True)
-    tokens = batch["tokens"].to(env.device, non_blocking=True)
-    # concepts, then negatives: one text forward (compute_losses splits them at the concept count)
-    texts = {k: batch[k].to(env.device, non_blocking=True) for k in ("concept_tokens", "negative_tokens") if k in batch}
-    extra = torch.cat(list(texts.values())) if len(texts) > 1 else next(iter(texts.values()), None)
+    texts = {k: v.to(env.device, non_blocking=True) for k, v in batch["texts"].items()}
+    batch["owner"] = {k: v.to(env.device, non_blocking=True) for k, v in batch["owner"].items()}
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=env.use_cuda and cfg.bf16):
-        out = forward(images, tokens, extra, return_tokens=uses_concepts(cfg.loss))
+        out = forward(images, texts, return_tokens=uses_concepts(cfg.loss))
         if teacher is not None:
-            with torch.no_grad():  # the teacher sees captions and negatives only
-                batch["teacher"] = teacher(images, tokens, texts["negative_tokens"])
-        if "owner" in batch:
-            batch["owner"] = batch["owner"].to(env.device)
+            with torch.no_grad():
+                batch["teacher"] = teacher(images, {k: texts[k] for k in TEACHER_TEXTS})
         terms = compute_losses(out, batch, cfg, rank_images)
         loss = sum(LOSS_WEIGHTS[k](cfg) * v for k, v in terms.items())
     # each rank holds its share of the global loss; x world so that DDP's gradient mean is the global gradient
@@ -799,52 +475,30 @@ def wrap_model(model, cfg, env):
     return forward
 
 
-def train_loop(cfg, env, model, forward, teacher, optimizer, batches, tokenizer, report, step, log):
-    """steps until cfg.steps: lr, forward/backward, one agreed decision per step (finite? stop signal?), update,
-    log, checkpoint; stops cleanly on a preemption signal. Returns the last step."""
-    logger = Logger(cfg, env, step)
-    ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
-    pbar = tqdm(total=cfg.steps, initial=step, disable=not env.master or not sys.stderr.isatty(), dynamic_ncols=True)
-    signals = StopSignals(cfg.preempt_signal)
+def set_lr(optimizer, step, cfg):
+    lr = get_lr(step, cfg)
+    for g in optimizer.param_groups:
+        g["lr"] = lr * g["lr_mult"]
+    return lr
+
+
+def train_loop(cfg, env, model, forward, teacher, optimizer, batches, run):
+    """steps until cfg.steps; `run` (runtime.Run) counts them, agrees with the other ranks after each one (all
+    finite? a stop signal anywhere?), logs, checkpoints and stops cleanly on preemption. Returns the last step."""
     model.train()
-    try:
-        while step < cfg.steps:
-            lr = get_lr(step, cfg)
-            for g in optimizer.param_groups:
-                g["lr"] = lr * g["lr_mult"]
-            loss, terms, n_images = train_step(next(batches), forward, teacher, cfg, model.cfg, env, report)
-            step += 1
-            pbar.update(1)
-            finite, stopping = agree_on_step(loss, signals.received is not None, env.ddp)
+    with run:
+        while run.step < cfg.steps:
+            lr = set_lr(optimizer, run.step, cfg)
+            loss, terms, n_images = train_step(next(batches), forward, teacher, cfg, env, run.report)
+            finite, stopping = run.agree(loss)  # one host sync per step
             if finite:
                 finish_step(model, teacher, optimizer, cfg)
-                logger.n_images += n_images * env.world
-                if step % cfg.log_every == 0 or step == cfg.steps:
-                    logger.log_step(step, loss, terms, lr, model)
-            else:
+                run.log(loss, terms, lr, model, n_images)
+            else:  # drop this step's gradients (or stop, under --nonfinite=stop)
                 optimizer.zero_grad(set_to_none=True)
-                msg = (f"non-finite loss at step {step} ({', '.join(f'{k} {v.item():.4g}' for k, v in terms.items())}); "
-                       f"the last good checkpoint {ckpt_path} is kept")
-                if cfg.nonfinite == "stop":
-                    raise NonFiniteLoss(msg + "; lower --lr, or --nonfinite=skip to skip such steps")
-                log("warning: " + msg + "; step skipped")
-                report.nonfinite_steps += 1
-            if stopping or step % cfg.ckpt_every == 0 or step == cfg.steps:
-                save_step(cfg, env, model, optimizer, teacher, tokenizer, step)
-            if stopping and step < cfg.steps:
-                why = f"{signals.received} received" if signals.received else "another rank received a stop signal"
-                raise Preempted(f"{why}: finished step {step} of {cfg.steps} and saved {ckpt_path}; "
-                                f"continue with the same command and --resume (exit status {PREEMPTED_EXIT})")
-    except RuntimeError as e:
-        if worker_failure(e) is None:
-            raise
-        raise worker_failure(e) from None
-    finally:
-        signals.close()
-        pbar.close()
-        logger.close()
-    log(f"trained to step {step} in {clock(time.time() - logger.t_start)}")
-    return step
+                run.skip_nonfinite(terms)
+            run.checkpoint(stopping, model, optimizer, teacher)
+    return run.step
 
 
 # -----------------------------------------------------------------------------
@@ -853,34 +507,30 @@ def train_loop(cfg, env, model, forward, teacher, optimizer, batches, tokenizer,
 
 def main(cfg):
     cfg.out_dir = cfg.out_dir or os.path.join("runs", cfg.loss)
-    env = setup_distributed(cfg)
+    env = runtime.setup_distributed(cfg)
     log = print if env.master else (lambda *a, **k: None)
     check_config(cfg, env.world)
-    claim_out_dir(cfg, env)
-    resume_ckpt, init_ckpt, mcfg = load_start(cfg, log)
+    runtime.claim_out_dir(cfg, env)
+    resume_ckpt, init_ckpt, mcfg = runtime.load_start(cfg, log)
     random.seed(cfg.seed)
     dataset, tokenizer = build_data(cfg, mcfg, log, tokenizer_from_state_dict(init_ckpt["tokenizer"]) if init_ckpt else None)
-    report = BadDataReport(cfg, dataset, tokenizer, env.master, log)
+    report = runtime.BadDataReport(cfg, dataset, tokenizer, env.master, log)
     model, teacher = build_model(cfg, mcfg, tokenizer, resume_ckpt, init_ckpt, env.device, log)
     optimizer, step = start_optimizer(model, cfg, resume_ckpt, log)
     torch.manual_seed(cfg.seed + 1000 * env.rank + step)  # per-rank stream from here on
     forward = wrap_model(model, cfg, env)
     batches, steps_per_epoch = make_batches(cfg, mcfg, dataset, tokenizer, env, step)
     if env.master:
-        write_run_info(cfg, mcfg, env)
+        runtime.write_run_info(cfg, mcfg, env)
     log(f"training {cfg.steps} steps, global batch {cfg.batch_size} on {env.world} rank(s) ({env.device}), "
         f"{steps_per_epoch} steps per epoch")
-    train_loop(cfg, env, model, forward, teacher, optimizer, batches, tokenizer, report, step, log)
+    train_loop(cfg, env, model, forward, teacher, optimizer, batches, runtime.Run(cfg, env, tokenizer, report, step, log))
     report.summary()
     if env.master and cfg.eval and cfg.data == "world":
         final_eval(model, tokenizer, cfg, mcfg, env.device, log)
     if env.ddp:
         dist.barrier()
         dist.destroy_process_group()
-
-
-class NonFiniteLoss(Stopped, FloatingPointError):
-    """a NaN or inf loss under --nonfinite=stop"""
 
 
 if __name__ == "__main__":

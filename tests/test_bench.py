@@ -46,8 +46,7 @@ def test_analytic_step_flops_equal_flop_counter(loss, name):
     step, (model, _, _, batch) = BT.build_ours(cfg, bcfg, CPU)
     want = BT.step_flops(cfg, loss, 3, concepts=2, negatives=2)
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as fwd:
-        model(batch["images"], batch["tokens"], batch.get("concept_tokens", batch.get("negative_tokens")),
-              return_tokens=loss == "c2lip")
+        model(batch["images"], batch["texts"], return_tokens=loss == "c2lip")
     assert fwd.get_total_flops() == want["model_fwd"]
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as whole:
         step()

@@ -23,6 +23,7 @@ sys.path.insert(0, ROOT)
 import checkpoint  # noqa: E402
 import cli  # noqa: E402
 import data  # noqa: E402
+import runtime  # noqa: E402
 import train  # noqa: E402
 
 STEPS = 12
@@ -123,7 +124,7 @@ def test_preemption_and_killed_worker_under_torchrun(tmp_path, reference):
 def signal_at(monkeypatch, steps):
     """send this process signal s during the training step that ends at step n, for (n, s) in steps"""
     real, count = train.train_step, {"calls": 0, "start": 0}
-    real_logger = train.Logger.__init__
+    real_logger = runtime.Logger.__init__
 
     def logger_init(self, cfg, env, start_step):
         count["start"], count["calls"] = start_step, 0
@@ -136,19 +137,19 @@ def signal_at(monkeypatch, steps):
                 os.kill(os.getpid(), sig)  # arrives mid-step: the handler only raises a flag
         return real(*a, **k)
 
-    monkeypatch.setattr(train.Logger, "__init__", logger_init)
+    monkeypatch.setattr(runtime.Logger, "__init__", logger_init)
     monkeypatch.setattr(train, "train_step", step)
 
 
 def test_preempted_run_resumes_with_identical_losses(tmp_path, monkeypatch, reference):
     signal_at(monkeypatch, [(3, signal.SIGUSR1), (6, signal.SIGTERM)])
     cfg = small(tmp_path / "run")
-    with pytest.raises(train.Preempted, match="SIGUSR1 received: finished step 3 of 12") as stop:
+    with pytest.raises(runtime.Preempted, match="SIGUSR1 received: finished step 3 of 12") as stop:
         train.main(cfg)
-    assert stop.value.exit_code == train.PREEMPTED_EXIT == 75
+    assert stop.value.exit_code == runtime.PREEMPTED_EXIT == 75
     assert checkpoint.load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"))["step"] == 3
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handlers restored
-    with pytest.raises(train.Preempted, match="SIGTERM received: finished step 6 of 12"):
+    with pytest.raises(runtime.Preempted, match="SIGTERM received: finished step 6 of 12"):
         train.main(small(tmp_path / "run", resume=True))
     train.main(small(tmp_path / "run", resume=True))
     assert_same_losses(losses_of(cfg.out_dir), reference, range(1, STEPS + 1), rel=1e-6)
@@ -156,7 +157,7 @@ def test_preempted_run_resumes_with_identical_losses(tmp_path, monkeypatch, refe
 
 def test_preemption_exit_status_and_one_line(capsys):
     def preempted(cfg):
-        raise train.Preempted("SIGTERM received: finished step 3 of 12 ...")
+        raise runtime.Preempted("SIGTERM received: finished step 3 of 12 ...")
     with pytest.raises(SystemExit) as done:
         cli.run(preempted, train.Config, argv=[])
     assert done.value.code == 75
@@ -302,7 +303,7 @@ def test_dead_dataloader_worker_is_one_line_not_a_hang(tmp_path, monkeypatch):
         return real(self, i)
 
     monkeypatch.setattr(data.WorldDataset, "__getitem__", dying)
-    with pytest.raises(train.DataWorkerDied, match=r"data-loading worker failed \(DataLoader worker .*(killed by signal|exited unexpectedly)"
+    with pytest.raises(runtime.DataWorkerDied, match=r"data-loading worker failed \(DataLoader worker .*(killed by signal|exited unexpectedly)"
                                                    r".*lower --workers .*--resume"):
         train.main(small(tmp_path / "run", workers=1))
 
@@ -316,7 +317,7 @@ def inject_faults(spec):
     attempt, rank = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"), os.environ.get("RANK", "0")
     due = {int(s): getattr(signal, name) for a, r, s, name in (f.split(":") for f in spec.split(",") if f)
            if a == attempt and r == rank}
-    real_step, real_logger = train.train_step, train.Logger.__init__
+    real_step, real_logger = train.train_step, runtime.Logger.__init__
     state = {"step": 0}
 
     def logger_init(self, cfg, env, start_step):
@@ -329,7 +330,7 @@ def inject_faults(spec):
             os.kill(os.getpid(), due[state["step"]])
         return real_step(*a, **k)
 
-    train.Logger.__init__, train.train_step = logger_init, step
+    runtime.Logger.__init__, train.train_step = logger_init, step
 
 
 if __name__ == "__main__":

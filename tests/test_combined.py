@@ -17,22 +17,21 @@ def embeddings(B=5, K=3, T=4, d=6, seed=0):
     unit = lambda *s: F.normalize(torch.randn(*s, generator=gen, dtype=torch.float64), dim=-1)
     counts = [1, 3, 2, 1, 2][:B]
     owner = torch.tensor([i for i, n in enumerate(counts) for _ in range(n)])
-    emb = {"image": unit(B, d), "text": unit(B, d), "patch_tokens": unit(B, T, d), "concepts": unit(len(owner), d),
+    emb = {"image": unit(B, d), "captions": unit(B, d), "patch_tokens": unit(B, T, d), "concepts": unit(len(owner), d),
            "negatives": unit(B * K, d)}
     emb = {k: v.requires_grad_() for k, v in emb.items()}
-    teacher = {"image": unit(B, d), "text": unit(B, d), "extra": unit(B * K, d)}
+    teacher = {"image": unit(B, d), "text": {"captions": unit(B, d), "negatives": unit(B * K, d)}}
     t = torch.tensor(math.log(10.0), dtype=torch.float64, requires_grad=True)
     b = torch.tensor(-3.0, dtype=torch.float64, requires_grad=True)
     return emb, teacher, owner, t, b
 
 
 def terms_of(loss, emb, teacher, owner, t, b):
-    extra = {"c2lip": [emb["concepts"]], "degla": [emb["negatives"]],
-             "c2lip+degla": [emb["concepts"], emb["negatives"]]}[loss]
-    out = {"image": emb["image"], "text": emb["text"], "patch_tokens": emb["patch_tokens"], "extra": torch.cat(extra),
+    groups = {"c2lip": ["concepts"], "degla": ["negatives"], "c2lip+degla": ["concepts", "negatives"]}[loss]
+    out = {"image": emb["image"], "text": {k: emb[k] for k in ["captions"] + groups}, "patch_tokens": emb["patch_tokens"],
            "logit_scale": t, "logit_bias": b}
     cfg = train.Config(loss=loss, batch_size=emb["image"].shape[0])
-    terms = train.compute_losses(out, {"owner": owner, "teacher": teacher}, cfg, [emb["image"].shape[0]])
+    terms = train.compute_losses(out, {"owner": {"concepts": owner}, "teacher": teacher}, cfg, [emb["image"].shape[0]])
     return terms, sum(train.LOSS_WEIGHTS[k](cfg) * v for k, v in terms.items())
 
 

@@ -88,21 +88,28 @@ def test_collate_concepts_and_negatives():
     tok = WordTokenizer(data.world_vocabulary(), 8)
     ds = data.Annotated(data.WorldDataset(3, seed=0), concepts=[["a red circle"], ["a", "b"], ["c", "d", "e"]],
                         negatives=[["n0", "n1"], ["n2", "n3"], ["n4", "n5"]])
-    batch = data.Collate(tok)([ds[i] for i in range(3)])
-    assert batch["images"].shape == (3, 3, 32, 32) and batch["tokens"].shape == (3, 8)
-    assert batch["owner"].tolist() == [0, 1, 1, 2, 2, 2]
-    assert batch["concept_tokens"].shape == (6, 8)
-    assert batch["negative_tokens"].shape == (6, 8)
+    collate = data.Collate(tok, 32, ("concepts", "negatives"))
+    batch = collate([ds[i] for i in range(3)])
+    assert batch["images"].shape == (3, 3, 32, 32) and batch["texts"]["captions"].shape == (3, 8)
+    assert batch["owner"]["concepts"].tolist() == [0, 1, 1, 2, 2, 2]
+    assert batch["owner"]["negatives"].tolist() == [0, 0, 1, 1, 2, 2]
+    assert batch["texts"]["concepts"].shape == (6, 8)
+    assert batch["texts"]["negatives"].shape == (6, 8)
+    torch.testing.assert_close(batch["texts"]["concepts"][1:3], tok.encode(["a", "b"]))
+    # a rank whose items were all unreadable still gets every group, with zero rows
+    empty = collate([{"skip": "unreadable", "index": 0}])
+    assert empty["images"].shape == (0, 3, 32, 32) and empty["skipped"][0]["reason"] == "unreadable"
+    assert {k: tuple(v.shape) for k, v in empty["texts"].items()} == {k: (0, 8) for k in ("captions", "concepts", "negatives")}
     with pytest.raises(ValueError, match="concepts"):
         data.Annotated(data.WorldDataset(3, seed=0), concepts=[["x"]])
 
 
 def test_sampler_skip_resumes_the_same_order():
     ds = data.WorldDataset(40, seed=0)
-    full = data.make_loader(ds, 4, data.Collate(WordTokenizer(data.world_vocabulary(), 8)), seed=1)
+    full = data.make_loader(ds, 4, data.Collate(WordTokenizer(data.world_vocabulary(), 8), 32), seed=1)
     full.sampler.set_epoch(2)
     order = [i for b in full for i in b["index"].tolist()]
-    part = data.make_loader(ds, 4, data.Collate(WordTokenizer(data.world_vocabulary(), 8)), seed=1)
+    part = data.make_loader(ds, 4, data.Collate(WordTokenizer(data.world_vocabulary(), 8), 32), seed=1)
     part.sampler.set_epoch(2)
     part.sampler.skip = 12
     assert [i for b in part for i in b["index"].tolist()] == order[12:]
@@ -121,8 +128,8 @@ def test_worker_processes_see_the_epoch_of_the_loop(tmp_path):
     tok = WordTokenizer.build(ds.captions, 8)
 
     def images(workers, start_step):
-        loader = data.make_loader(ds, 4, data.Collate(tok), workers=workers)
-        it = train.epoch_batches(loader, ds, start_step, 4)
+        loader = data.make_loader(ds, 4, data.Collate(tok, 32), workers=workers)
+        it = data.epoch_batches(loader, ds, start_step, 4)
         return [next(it)["images"] for _ in range(6 - start_step)]  # 3 epochs of 2 steps
 
     ref = images(0, 0)

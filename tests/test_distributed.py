@@ -55,10 +55,11 @@ def _global_embeddings(layout, T=5, d=6):
 
 def _run_losses(emb, teacher, owner, rank_images, logit_scale, logit_bias, loss_name):
     cfg = train.Config(loss=loss_name, xac_weight=0.5, npc_weight=0.7, igc_weight=0.3, tgc_weight=0.2)
-    out = dict(emb, logit_scale=logit_scale, logit_bias=logit_bias)
-    if loss_name == "c2lip+degla":  # one text forward: this rank's concepts, then its negatives
-        out["extra"] = torch.cat([emb["extra"], emb["negatives"]])
-    terms = train.compute_losses(out, {"owner": owner, "teacher": teacher}, cfg, rank_images)
+    text = {"captions": emb["text"], "concepts": emb["extra"], "negatives": emb["negatives"]}
+    out = {"image": emb["image"], "patch_tokens": emb["patch_tokens"], "text": text,
+           "logit_scale": logit_scale, "logit_bias": logit_bias}
+    teacher = {"image": teacher["image"], "text": {"captions": teacher["text"], "negatives": teacher["extra"]}}
+    terms = train.compute_losses(out, {"owner": {"concepts": owner}, "teacher": teacher}, cfg, rank_images)
     return terms, sum(train.LOSS_WEIGHTS[k](cfg) * v for k, v in terms.items())
 
 
@@ -124,10 +125,10 @@ def _ddp_worker(rank, world, store, loss_name):
         for i, it in enumerate(items):
             it["concepts"] = [data.object_phrase(o) for o in ds.objects[i]][: 1 + i % 3]
     cfg = train.Config(loss=loss_name, xac_weight=1.0)
-    collate = data.Collate(tok)
+    collate = data.Collate(tok, 32, train.text_groups(loss_name))
 
     def step(model_fn, batch, rank_images):
-        out = model_fn(batch["images"], batch["tokens"], batch.get("concept_tokens"), return_tokens=loss_name == "c2lip")
+        out = model_fn(batch["images"], batch["texts"], return_tokens=loss_name == "c2lip")
         terms = train.compute_losses(out, batch, cfg, rank_images)
         return sum(train.LOSS_WEIGHTS[k](cfg) * v for k, v in terms.items())
 

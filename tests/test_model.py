@@ -24,11 +24,12 @@ def test_shapes_and_unit_norm():
 def test_forward_dict_matches_separate_encoders():
     m = tiny()
     images, tokens, extra = torch.randn(2, 3, 32, 32), torch.randint(0, 40, (2, 16)), torch.randint(0, 40, (3, 16))
-    out = m(images, tokens, extra, return_tokens=True)
+    out = m(images, {"captions": tokens, "concepts": extra}, return_tokens=True)
     torch.testing.assert_close(out["image"], m.encode_image(images)[0])
-    torch.testing.assert_close(out["text"], m.encode_text(tokens))
-    torch.testing.assert_close(out["extra"], m.encode_text(extra))
-    assert set(out) == {"image", "patch_tokens", "text", "extra", "logit_scale", "logit_bias"}
+    torch.testing.assert_close(out["text"]["captions"], m.encode_text(tokens))
+    torch.testing.assert_close(out["text"]["concepts"], m.encode_text(extra))
+    assert set(out) == {"image", "patch_tokens", "text", "logit_scale", "logit_bias"}
+    assert list(out["text"]) == ["captions", "concepts"]
 
 
 def test_value_path_is_map_head_with_identity_attention():

@@ -62,14 +62,14 @@ def test_training_lowers_the_loss_on_a_fixed_batch():
     tok = WordTokenizer(data.world_vocabulary(), 16)
     m = DualEncoder(model_config("tiny", vocab_size=tok.vocab_size))
     ds = data.WorldDataset(32, seed=0)
-    batch = data.Collate(tok)([ds[i] for i in range(32)])
+    batch = data.Collate(tok, 32)([ds[i] for i in range(32)])
     opt = train.configure_optimizer(m, train.Config(), log=lambda *a: None)
     first = None
     for step in range(40):
         for g in opt.param_groups:
             g["lr"] = 2e-3 * g["lr_mult"]
-        out = m(batch["images"], batch["tokens"])
-        loss = losses.siglip_loss(out["image"], out["text"], out["logit_scale"], out["logit_bias"])
+        out = m(batch["images"], batch["texts"])
+        loss = losses.siglip_loss(out["image"], out["text"]["captions"], out["logit_scale"], out["logit_bias"])
         first = first if first is not None else loss.item()
         loss.backward()
         opt.step()
