@@ -52,6 +52,7 @@ import torch
 from tqdm import tqdm
 
 import data
+import world
 from cli import MissingFileError, UsageError
 from model import canonicalize
 
@@ -840,11 +841,11 @@ def run_benchmarks(enc, root, tasks, **options):
 
 
 def world_metrics(enc, root, n_scenes, seed, image_size, part="all", relations=False):
-    """one part of the world's held-out tests (data.PARTS), exported under root and scored -> {name: fraction}"""
-    data.export_world(root, n_scenes, seed, image_size, part, relations)
+    """one part of the world's held-out tests (world.PARTS), exported under root and scored -> {name: fraction}"""
+    world.export_world(root, n_scenes, seed, image_size, part, relations)
     res = run_benchmarks(enc, root, ["retrieval", "zeroshot", "binding", "sugarcrepe"], check_counts=False)
     if relations:  # the relation tests go through the same SugarCrepe reader and selection scorer
-        folder = data.export_world_relations(root, n_scenes, seed, image_size, part)
+        folder = world.export_world_relations(root, n_scenes, seed, image_size, part)
         res += eval_sugarcrepe(enc, folder, os.path.join(folder, "images"), False, prefix="relation")
     by = {r["dataset"]: r["metrics"] for r in res}
     out = {}
@@ -867,7 +868,7 @@ def evaluate_world(model, tokenizer, seed=0, n_scenes=1000, image_size=32, devic
     """the built-in world's held-out tests, through the benchmark readers and scorers; returns {name: fraction}.
 
     world_split="compositional": every test twice, on seen and on unseen compositions ("seen/<name>",
-    "unseen/<name>"; data.export_world and data.export_world_relations say which records each part holds).
+    "unseen/<name>"; world.export_world and world.export_world_relations say which records each part holds).
     relations: adds the relation tests swap_rel and replace_rel.
     """
     parts = ["seen", "unseen"] if world_split == "compositional" else ["all"]
@@ -973,9 +974,9 @@ def main(a):
         print(f"wrote {path}")
     elif a.task == "world":
         print(f"evaluating {a.ckpt} on the held-out world ({a.scenes} scenes per test) ...", flush=True)
-        world = ckpt.get("config", {})  # the world the checkpoint was trained on: its split and caption style
+        trained = ckpt.get("config", {})  # the world the checkpoint was trained on: its split and caption style
         res = evaluate_world(model, tokenizer, a.seed, a.scenes, model.cfg.image_size, device, a.batch_size, True,
-                             world.get("world_split", "default"), world.get("relations", False))
+                             trained.get("world_split", "default"), trained.get("relations", False))
         print_table(res)
         os.makedirs(out_dir, exist_ok=True)
         with open(os.path.join(out_dir, "world.json"), "w") as f:

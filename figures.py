@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 import data
+import world
 from cli import MissingFileError, UsageError
 
 
@@ -112,7 +113,7 @@ def concept_attention(model, tokenizer, images, phrases, temperature=1.0):
     return a.view(-1, g, g).cpu()
 
 
-def quadrant_mass(m, cell, grid=data.GRID):
+def quadrant_mass(m, cell, grid=world.GRID):
     """the share of an attention map (gh, gw) that falls in the world's grid cell `cell`"""
     gh = m.shape[0] // grid
     row, col = divmod(cell, grid)
@@ -128,10 +129,10 @@ def attention_figure(path, models, tokenizer, n_scenes=3, seed=0, image_size=32,
     model's attention mass in the named object's cell, and the maps. models: [(name, model)], one tokenizer."""
     plt = _pyplot()
     from matplotlib.patches import Rectangle
-    scenes = list(itertools.islice(data.binding_scenes(seed + data.TEST_SEED_OFFSET + 11, image_size), n_scenes))
+    scenes = list(itertools.islice(world.binding_scenes(seed + world.TEST_SEED_OFFSET + 11, image_size), n_scenes))
     rows = [(img, o) for img, objs in scenes for o in objs]
     images = torch.stack([data.to_tensor(img) for img, _ in rows])
-    phrases = [data.object_phrase(o) for _, o in rows]
+    phrases = [world.object_phrase(o) for _, o in rows]
     maps = [concept_attention(m, tokenizer, images.to(next(m.parameters()).device), phrases, temperature)
             for _, m in models]
     diff = maps[0] - maps[1] if len(models) == 2 else None
@@ -142,15 +143,15 @@ def attention_figure(path, models, tokenizer, n_scenes=3, seed=0, image_size=32,
     stats = []
     for r, (img, obj) in enumerate(rows):
         g = maps[0].shape[-1]
-        row, col = divmod(obj["cell"], data.GRID)
+        row, col = divmod(obj["cell"], world.GRID)
         ax = axes[r, 0]
         ax.imshow(img)
-        s = img.shape[0] / data.GRID
+        s = img.shape[0] / world.GRID
         ax.add_patch(Rectangle((col * s - 0.5, row * s - 0.5), s, s, fill=False, ec="lime", lw=2))
         ax.set_ylabel(f'"{phrases[r]}"', fontsize=9)
         for j, ((name, _), mp) in enumerate(zip(models, maps), 1):
             im_w = axes[r, j].imshow(mp[r].numpy(), cmap="magma", vmin=0, vmax=vmax)
-            cs = g / data.GRID
+            cs = g / world.GRID
             axes[r, j].add_patch(Rectangle((col * cs - 0.5, row * cs - 0.5), cs, cs, fill=False, ec="lime", lw=1.5))
             axes[r, j].set_xlabel(f"in box: {100 * quadrant_mass(mp[r], obj['cell']):.0f}%", fontsize=8)
         if diff is not None:

@@ -31,6 +31,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import data
+import world
 import losses
 import runtime
 import shards
@@ -62,7 +63,7 @@ class Config:
     world_seed: int = 0              # which scenes (fixed across --seed, so seeds vary training, not data)
     min_objects: int = 2
     max_objects: int = 3
-    world_split: str = "default"     # default | compositional: held-out colour-shape pairs and spatial facts (data.py)
+    world_split: str = "default"     # default | compositional: held-out colour-shape pairs and spatial facts (world.py)
     relations: bool = False          # world captions state a spatial relation ("a red circle left of a blue square")
     workers: int = 0                 # DataLoader worker processes per rank
     bad_data: str = "skip"           # skip (and report) or error on a bad record or unreadable image
@@ -279,10 +280,10 @@ def build_data(cfg, mcfg, log=print, tokenizer=None):
     if cfg.data == "world":
         t0 = time.time()
         log(f"world: drawing {cfg.world_scenes:,} training scenes (world_seed {cfg.world_seed}) ...")
-        dataset = data.WorldDataset(cfg.world_scenes, cfg.world_seed, mcfg.image_size, cfg.min_objects, cfg.max_objects,
+        dataset = world.WorldDataset(cfg.world_scenes, cfg.world_seed, mcfg.image_size, cfg.min_objects, cfg.max_objects,
                                     world_split=cfg.world_split, relations=cfg.relations)
         log(f"world: {len(dataset):,} scenes in {time.time() - t0:.1f}s")
-        tokenizer = tokenizer or WordTokenizer(data.world_vocabulary(cfg.relations), mcfg.context_length)
+        tokenizer = tokenizer or WordTokenizer(world.world_vocabulary(cfg.relations), mcfg.context_length)
     elif shards.is_shards(cfg.data):
         dataset = load_shards(cfg, log)
     else:
@@ -302,11 +303,11 @@ def build_data(cfg, mcfg, log=print, tokenizer=None):
         n = [len(c) for c in annotations["concepts"]]
         log(f"concepts: {sum(n) / len(n):.2f} per caption on average, max {max(n)}")
     if uses_negatives(cfg.loss):
-        vocab = set(data.world_vocabulary(cfg.relations)) if cfg.data == "world" else None  # replacements stay in-vocabulary
+        vocab = set(world.world_vocabulary(cfg.relations)) if cfg.data == "world" else None  # replacements stay in-vocabulary
         annotations["negatives"], keep = hard_negatives_for(dataset.captions, cfg, vocab, log, keys)
         if cfg.data == "world" and cfg.world_split != "default":  # no held-out pair or fact in any training text
             captions = [dataset.captions[i] for i in keep]
-            annotations["negatives"], kept = data.clean_negatives(captions, annotations["negatives"],
+            annotations["negatives"], kept = world.clean_negatives(captions, annotations["negatives"],
                                                                   cfg.num_negatives, cfg.seed, vocab)
             log(f"negatives: {len(captions) - len(kept)} more captions dropped, without K clean of held-out text")
             keep = [keep[i] for i in kept]
@@ -329,17 +330,17 @@ def build_data(cfg, mcfg, log=print, tokenizer=None):
 # the steps of main
 
 
-def check_config(cfg, world):
+def check_config(cfg, world_size):
     """the mistakes a flag can make, found before anything is loaded"""
     check_choice("loss", cfg.loss, LOSSES)
-    check_choice("world_split", cfg.world_split, data.WORLD_SPLITS)
+    check_choice("world_split", cfg.world_split, world.WORLD_SPLITS)
     check_choice("bad_data", cfg.bad_data, ("skip", "error"))
     check_choice("nonfinite", cfg.nonfinite, ("stop", "skip"))
     check_choice("tgc_mask", cfg.tgc_mask, ("own", "official"))
     check_choice("device", cfg.device, ("auto", "cpu", "cuda"))
-    if cfg.batch_size % world:
-        raise UsageError(f"--batch_size={cfg.batch_size} is not divisible by the world size {world}; "
-                         f"choose a multiple of {world}")
+    if cfg.batch_size % world_size:
+        raise UsageError(f"--batch_size={cfg.batch_size} is not divisible by the world size {world_size}; "
+                         f"choose a multiple of {world_size}")
     for name in ("init", "concepts", "negatives") + (("data",) if cfg.data != "world" and not shards.is_shards(cfg.data) else ()):
         path = getattr(cfg, name)
         if path and not os.path.exists(path):

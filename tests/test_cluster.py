@@ -23,6 +23,7 @@ sys.path.insert(0, ROOT)
 import checkpoint  # noqa: E402
 import cli  # noqa: E402
 import data  # noqa: E402
+import world  # noqa: E402
 import runtime  # noqa: E402
 import train  # noqa: E402
 
@@ -292,7 +293,7 @@ def test_failed_save_stops_with_one_line_and_keeps_the_previous(tmp_path, monkey
 
 
 def test_dead_dataloader_worker_is_one_line_not_a_hang(tmp_path, monkeypatch):
-    real = data.WorldDataset.__getitem__
+    real = world.WorldDataset.__getitem__
 
     def dying(self, i):
         info = torch.utils.data.get_worker_info()
@@ -302,7 +303,7 @@ def test_dead_dataloader_worker_is_one_line_not_a_hang(tmp_path, monkeypatch):
                 os.kill(os.getpid(), signal.SIGKILL)  # as the out-of-memory killer would
         return real(self, i)
 
-    monkeypatch.setattr(data.WorldDataset, "__getitem__", dying)
+    monkeypatch.setattr(world.WorldDataset, "__getitem__", dying)
     with pytest.raises(runtime.DataWorkerDied, match=r"data-loading worker failed \(DataLoader worker .*(killed by signal|exited unexpectedly)"
                                                    r".*lower --workers .*--resume"):
         train.main(small(tmp_path / "run", workers=1))

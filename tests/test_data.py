@@ -6,34 +6,35 @@ import torch
 from PIL import Image
 
 import data
+import world
 from model import WordTokenizer
 
 
 def test_world_is_deterministic_and_splits_differ():
-    a = data.make_world(20, seed=5)
-    b = data.make_world(20, seed=5)
+    a = world.make_world(20, seed=5)
+    b = world.make_world(20, seed=5)
     assert np.array_equal(a[0], b[0]) and a[1] == b[1]
-    test = data.make_world(20, seed=5, split="test")
+    test = world.make_world(20, seed=5, split="test")
     assert not np.array_equal(a[0], test[0])
-    other = data.make_world(20, seed=6)
+    other = world.make_world(20, seed=6)
     assert a[1] != other[1]
 
 
 def test_world_captions_list_every_object():
-    images, captions, objects = data.make_world(50, seed=0)
+    images, captions, objects = world.make_world(50, seed=0)
     assert images.shape == (50, 32, 32, 3) and images.dtype == np.uint8
     for cap, objs in zip(captions, objects):
         assert 2 <= len(objs) <= 3
         assert len({o["cell"] for o in objs}) == len(objs)  # distinct cells
         assert len({(o["colour"], o["shape"]) for o in objs}) == len(objs)
         phrases = cap.replace(" and ", ", ").split(", ")
-        assert sorted(phrases) == sorted(data.object_phrase(o) for o in objs)
+        assert sorted(phrases) == sorted(world.object_phrase(o) for o in objs)
 
 
 def test_world_object_pixels_have_their_colour():
     # a single-object scene: the brightest-object pixels are near the named colour
-    img, cap, objs = data.make_scene(0, 3, image_size=32, min_objects=1, max_objects=1)
-    ref = np.array(data.COLOURS[objs[0]["colour"]], dtype=np.float32)
+    img, cap, objs = world.make_scene(0, 3, image_size=32, min_objects=1, max_objects=1)
+    ref = np.array(world.COLOURS[objs[0]["colour"]], dtype=np.float32)
     dist = np.abs(img.astype(np.float32) - ref).sum(-1)
     assert (dist < 60).sum() >= 20  # a large object, drawn in its colour
 
@@ -85,8 +86,8 @@ def test_corrupt_image_error_names_file(tmp_path):
 
 
 def test_collate_concepts_and_negatives():
-    tok = WordTokenizer(data.world_vocabulary(), 8)
-    ds = data.Annotated(data.WorldDataset(3, seed=0), concepts=[["a red circle"], ["a", "b"], ["c", "d", "e"]],
+    tok = WordTokenizer(world.world_vocabulary(), 8)
+    ds = data.Annotated(world.WorldDataset(3, seed=0), concepts=[["a red circle"], ["a", "b"], ["c", "d", "e"]],
                         negatives=[["n0", "n1"], ["n2", "n3"], ["n4", "n5"]])
     collate = data.Collate(tok, 32, ("concepts", "negatives"))
     batch = collate([ds[i] for i in range(3)])
@@ -101,15 +102,15 @@ def test_collate_concepts_and_negatives():
     assert empty["images"].shape == (0, 3, 32, 32) and empty["skipped"][0]["reason"] == "unreadable"
     assert {k: tuple(v.shape) for k, v in empty["texts"].items()} == {k: (0, 8) for k in ("captions", "concepts", "negatives")}
     with pytest.raises(ValueError, match="concepts"):
-        data.Annotated(data.WorldDataset(3, seed=0), concepts=[["x"]])
+        data.Annotated(world.WorldDataset(3, seed=0), concepts=[["x"]])
 
 
 def test_sampler_skip_resumes_the_same_order():
-    ds = data.WorldDataset(40, seed=0)
-    full = data.make_loader(ds, 4, data.Collate(WordTokenizer(data.world_vocabulary(), 8), 32), seed=1)
+    ds = world.WorldDataset(40, seed=0)
+    full = data.make_loader(ds, 4, data.Collate(WordTokenizer(world.world_vocabulary(), 8), 32), seed=1)
     full.sampler.set_epoch(2)
     order = [i for b in full for i in b["index"].tolist()]
-    part = data.make_loader(ds, 4, data.Collate(WordTokenizer(data.world_vocabulary(), 8), 32), seed=1)
+    part = data.make_loader(ds, 4, data.Collate(WordTokenizer(world.world_vocabulary(), 8), 32), seed=1)
     part.sampler.set_epoch(2)
     part.sampler.skip = 12
     assert [i for b in part for i in b["index"].tolist()] == order[12:]

@@ -10,6 +10,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 import data
+import world as W
 import losses
 import train
 from model import DualEncoder, WordTokenizer, model_config
@@ -117,13 +118,13 @@ def test_distributed_losses_match_single_process(world, loss_name, tmp_path):
 def _ddp_worker(rank, world, store, loss_name):
     _init(rank, world, store)
     torch.manual_seed(0)
-    tok = WordTokenizer(data.world_vocabulary(), 16)
+    tok = WordTokenizer(W.world_vocabulary(), 16)
     model = DualEncoder(model_config("tiny", vocab_size=tok.vocab_size))
-    ds = data.WorldDataset(8, seed=3)
+    ds = W.WorldDataset(8, seed=3)
     items = [ds[i] for i in range(8)]
     if loss_name == "c2lip":  # unequal concept counts: the ground-truth object phrases, 1 to 3 per image
         for i, it in enumerate(items):
-            it["concepts"] = [data.object_phrase(o) for o in ds.objects[i]][: 1 + i % 3]
+            it["concepts"] = [W.object_phrase(o) for o in ds.objects[i]][: 1 + i % 3]
     cfg = train.Config(loss=loss_name, xac_weight=1.0)
     collate = data.Collate(tok, 32, train.text_groups(loss_name))
 

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 import data
+import world
 import evaluate as ev
 from model import DualEncoder, WordTokenizer, model_config
 
@@ -369,12 +370,12 @@ def test_official_counts_checked_only_near_the_release(enc, tmp_path):
 
 def test_world_export_round_trip(tmp_path):
     import train
-    tok = WordTokenizer(data.world_vocabulary(), 16)
+    tok = WordTokenizer(world.world_vocabulary(), 16)
     torch.manual_seed(0)
     model = DualEncoder(model_config("tiny", vocab_size=tok.vocab_size, depth=1, text_depth=1))
     ckpt = str(tmp_path / "ckpt.pt")
     train.save_checkpoint(ckpt, model, None, train.Config(), tok, 0)
-    data.export_world(str(tmp_path / "world"), n_scenes=12, seed=3)
+    world.export_world(str(tmp_path / "world"), n_scenes=12, seed=3)
     out = subprocess.run([sys.executable, os.path.join(ROOT, "evaluate.py"), f"--ckpt={ckpt}", "--task=all",
                           f"--root={tmp_path / 'world'}", f"--out={tmp_path / 'out'}"],
                          cwd=ROOT, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})

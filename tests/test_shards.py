@@ -18,6 +18,7 @@ from PIL import Image
 
 import concepts
 import data
+import world
 from bench_data import photo
 import shards
 import train
@@ -185,7 +186,7 @@ def test_resampled_draws_shards_with_replacement(tmp_path):
 
 def test_world_shards_killed_run_resumes_with_identical_losses(tmp_path):
     root = str(tmp_path / "world")
-    data.export_world_shards(root, n_scenes=300, shard_size=70)  # 5 shards, the last one shorter
+    world.export_world_shards(root, n_scenes=300, shard_size=70)  # 5 shards, the last one shorter
     common = [f"--data={root}", "--batch_size=32", "--steps=14", "--warmup=3", "--log_every=1", "--ckpt_every=4",
               "--shuffle_window=64", "--eval=false"]  # 9 steps an epoch: the run crosses an epoch end
     train.main(train.parse_args(common + [f"--out_dir={tmp_path / 'ref'}"]))  # in-process: one start less

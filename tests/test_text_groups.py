@@ -5,6 +5,7 @@ LOSS_WEIGHTS). This test adds "paraphrases" with a toy sigmoid term and runs tra
 import torch
 
 import data
+import world
 import losses
 import runtime
 import train
@@ -18,8 +19,8 @@ class NoReport:
 
 
 def test_a_new_text_group_trains_through_three_places(monkeypatch):
-    tok = WordTokenizer(data.world_vocabulary(), 16)
-    ds = data.WorldDataset(6, seed=1)
+    tok = WordTokenizer(world.world_vocabulary(), 16)
+    ds = world.WorldDataset(6, seed=1)
     # 1. the items carry the group under its name: here one paraphrase per caption (its words reversed)
     items = [dict(ds[i], paraphrases=[" ".join(reversed(ds[i]["caption"].split()))]) for i in range(6)]
     # 2. the collate tokenises it

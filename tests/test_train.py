@@ -57,11 +57,12 @@ def test_optimizer_groups():
 def test_training_lowers_the_loss_on_a_fixed_batch():
     # overfit one batch: the loss must fall well below its starting value
     import data
+    import world
     from model import DualEncoder, WordTokenizer, model_config
     torch.manual_seed(0)
-    tok = WordTokenizer(data.world_vocabulary(), 16)
+    tok = WordTokenizer(world.world_vocabulary(), 16)
     m = DualEncoder(model_config("tiny", vocab_size=tok.vocab_size))
-    ds = data.WorldDataset(32, seed=0)
+    ds = world.WorldDataset(32, seed=0)
     batch = data.Collate(tok, 32)([ds[i] for i in range(32)])
     opt = train.configure_optimizer(m, train.Config(), log=lambda *a: None)
     first = None
