@@ -4,7 +4,8 @@ Command-line plumbing shared by every entry point.
 Flags come from a dataclass: every field is a `--name=value` flag (a dash in a name works too:
 `--batch-size=64` is `--batch_size=64`), typed by the field's type, and the field's trailing comment is
 its help text, so there is one list of flags and it is the code. `--help` prints them with type and
-default; an unknown flag is an error with a "did you mean".
+default; an unknown flag is an error with a "did you mean". A dataclass with a `config` field also reads a
+TOML file of the same names (`--config=configs/x.toml`); flags given beside it override the file.
 
 User mistakes (a wrong flag, a missing file, a bad record under --bad_data=error ...) raise `UsageError`
 and end as one line `error: <what and where>; <what to do>` with exit status 2. Anything else is a bug and
@@ -120,7 +121,34 @@ def parse_args(argv, cls, prog=None, doc=""):
                 raise UsageError(f"--{key} needs a value: --{key}=...")
             text = "true"
         values[key] = parse_value(text, types[key], key)
+    if values.get("config"):  # a recipe file gives the defaults; flags on the command line override it
+        values = {**read_config_file(values["config"], cls), **values}
     return cls(**values)
+
+
+def read_config_file(path, cls):
+    """a TOML recipe (top-level `name = value` lines, names of cls's fields) -> {name: value}"""
+    import tomllib  # the standard library's TOML reader (Python 3.11+)
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except FileNotFoundError:
+        raise MissingFileError(f"--config={path}: no such file (the shipped recipes are in configs/)") from None
+    except tomllib.TOMLDecodeError as e:
+        raise UsageError(f"{path}: not valid TOML ({e})") from None
+    types = {f.name: _type_of(f) for f in fields(cls) if f.name != "config"}
+    values = {}
+    for key, value in raw.items():
+        if key not in types:
+            raise UsageError(f"{path}: unknown key {key!r}{suggest(key, list(types))}".replace("--", "")
+                             + "; keys are train.py's flags without the dashes")
+        kind = types[key]
+        if kind is float and type(value) is int:
+            value = float(value)
+        if type(value) is not kind:
+            raise UsageError(f"{path}: {key} = {value!r}: expected {kind.__name__}")
+        values[key] = value
+    return values
 
 
 def check_choice(name, value, allowed):

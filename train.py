@@ -47,6 +47,7 @@ from model import DualEncoder, WordTokenizer, tokenizer_from_state_dict
 @dataclass
 class Config:
     # run
+    config: str = ""                 # a recipe file (configs/*.toml) of these names; flags given with it override it
     out_dir: str = ""                # logs, config and checkpoints ("" = runs/<loss>)
     seed: int = 0
     resume: bool = False             # continue from out_dir/ckpt.pt if it exists (says which it did)
