@@ -150,3 +150,30 @@ def test_table_single_run_and_column_order():
     assert rows["two"] == {"B": f"40.0 ± {100 * statistics.stdev([0.2, 0.6]):.1f}",
                            "A": f"20.0 ± {100 * statistics.stdev([0.1, 0.3]):.1f}"}
     assert rows["two"]["B"] == "40.0 ± 28.3"
+
+
+# ----------------------------------------------------------------------------- peer tests are never skipped silently
+def test_peer_skips_are_listed_and_fail_under_require_peers(tmp_path):
+    import shutil
+    import subprocess
+    import sys
+    here = os.path.dirname(os.path.abspath(__file__))
+    shutil.copy(os.path.join(here, "conftest.py"), tmp_path / "conftest.py")
+    shutil.copy(os.path.join(here, "..", "pytest.ini"), tmp_path / "pytest.ini")
+    (tmp_path / "pytest.ini").write_text((tmp_path / "pytest.ini").read_text().replace("testpaths = tests", ""))
+    (tmp_path / "test_peer.py").write_text(
+        "import pytest\n\n@pytest.mark.peer\ndef test_a():\n    pytest.importorskip('no_such_peer_pkg', reason='peer missing')\n\n"
+        "def test_b():\n    pytest.skip('an ordinary skip')\n")
+
+    def run(require):
+        env = {k: v for k, v in os.environ.items() if k != "REQUIRE_PEERS"}
+        env.update({"REQUIRE_PEERS": "1"} if require else {})
+        return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+
+    plain = run(False)
+    assert plain.returncode == 0, plain.stdout
+    assert "peer tests SKIPPED: 1" in plain.stdout and "test_peer.py::test_a: Skipped: peer missing" in plain.stdout
+    assert "test_b" not in plain.stdout.split("peer tests SKIPPED")[1]  # only peer tests are listed
+    strict = run(True)
+    assert strict.returncode == 1 and "1 failed, 1 skipped" in strict.stdout, strict.stdout
