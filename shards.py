@@ -13,7 +13,7 @@ that share a key (the name up to its first dot): 000123.jpg, 000123.txt (the cap
 Index. One pass over each shard records every sample's key, byte range and caption (from {key}.txt, or
 from a field of {key}.json when caption_key is not "caption"), and lists bad samples (no image, no
 caption, a truncated or missing shard). It is cached as JSON beside the shards (in .shard-index/, or in
-the run's folder when the shard folder is read-only) and rebuilt for a shard whose size or mtime changed,
+the run's folder when the shard folder is read-only) and rebuilt for a shard whose size, mtime or ctime changed,
 so the number of steps per epoch is known before training starts.
 
 Order. Epoch e reads the shards in a permutation seeded by (seed, e) or, resampled, draws shards with
@@ -198,7 +198,10 @@ def _index_one(job):
     if not os.path.isfile(shard):
         return None
     st = os.stat(shard)
-    stamp = {"format": INDEX_FORMAT, "bytes": st.st_size, "mtime_ns": st.st_mtime_ns, "caption_key": caption_key}
+    # ctime too: a shard rewritten in place with its old mtime put back (cp -p, rsync -t, tar -x) and the same
+    # size would otherwise keep the old index; any rewrite or utime moves the ctime
+    stamp = {"format": INDEX_FORMAT, "bytes": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns,
+             "caption_key": caption_key}
     path = _cache_path(shard, caption_key, fallback_dir)
     try:
         with open(path, encoding="utf-8") as f:

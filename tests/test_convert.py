@@ -431,6 +431,7 @@ def spiece_t5(tmp_path):
     return str(tmp_path / "spiece.model")
 
 
+@pytest.mark.peer
 def test_gemma_tokenizer_matches_openclip(gemma, tmp_path):
     open_clip = pytest.importorskip("open_clip", reason="open_clip not installed: OpenCLIP tokenizer parity skipped")
     (tmp_path / "tokenizer.model").write_bytes(open(gemma, "rb").read())
@@ -514,6 +515,7 @@ def openclip_reference(oc_sd, open_clip, timm):
     return model.eval()
 
 
+@pytest.mark.peer
 def test_siglip2_openclip_matches_reference(gemma, tmp_path):
     open_clip = pytest.importorskip("open_clip", reason="open_clip not installed: OpenCLIP reference parity skipped")
     timm = pytest.importorskip("timm")
@@ -616,6 +618,7 @@ def json_of_openclip_config():
                    "act_kwargs": {"approximate": "tanh"}}}''')
 
 
+@pytest.mark.peer
 def test_released_openclip_configs_pass_the_checks():
     # every ViT-*-SigLIP(2) config OpenCLIP ships is read as the activations we expect, nothing refused
     open_clip = pytest.importorskip("open_clip", reason="open_clip not installed: its shipped configs not checked")
@@ -678,6 +681,7 @@ def sugar_crepe_folder(root, n=12, seed=0):
     return ann
 
 
+@pytest.mark.peer
 def test_clip_benchmark_on_export(gemma, tmp_path, monkeypatch):
     cb_cli = pytest.importorskip("clip_benchmark.cli", reason="clip_benchmark not installed: recipe test skipped")
     open_clip = pytest.importorskip("open_clip", reason="open_clip not installed: recipe test skipped")
@@ -740,6 +744,7 @@ def test_imported_siglip2_fine_tunes(gemma, tmp_path):
     assert resumed["step"] == 3 and resumed["config"]["model"] == tuned["config"]["model"]
 
 
+@pytest.mark.peer
 def test_siglip_openclip_export_loads_in_openclip(spiece, tmp_path, monkeypatch):
     # SigLIP (T5 tokenizer, pad = EOS): the exported folder's tokenizer and model agree with ours in OpenCLIP
     open_clip = pytest.importorskip("open_clip", reason="open_clip not installed: OpenCLIP load of the export skipped")

@@ -1,0 +1,80 @@
+"""train.train_step under DDP on 2 gloo ranks gives every parameter the gradient of one process on the
+concatenated batch (float64, unequal per-rank batches). Gradients, not losses after an AdamW step: AdamW
+hides a gradient off by a constant factor, such as the world size."""
+import os
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import concepts
+import data
+import train
+from model import WordTokenizer, model_config
+
+K = 2
+SPLIT = 5  # rank 0 takes items[:5], rank 1 items[5:8]
+
+
+def setup(loss):
+    """(cfg, model, teacher, batches) the same in every process: float64, the teacher moved off the student"""
+    torch.set_num_threads(1)
+    cfg = train.Config(loss=loss, batch_size=8, num_negatives=K, npc_weight=0.7, xac_weight=0.3, igc_weight=0.4,
+                       tgc_weight=0.2, distill_weight=0.05, xac_temperature=2.0)
+    vocab = data.world_vocabulary()
+    tok = WordTokenizer(vocab, 16)
+    mcfg = model_config("tiny", vocab_size=tok.vocab_size, depth=1, text_depth=1)
+    model, teacher = train.build_model(cfg, mcfg, tok, None, None, torch.device("cpu"), log=lambda *a: None)
+    model.double()
+    if teacher is not None:
+        teacher.double()
+        g = torch.Generator().manual_seed(5)
+        with torch.no_grad():
+            for p in teacher.parameters():
+                p.add_(0.01 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    ds = data.WorldDataset(8, seed=3)
+    items = [ds[i] for i in range(8)]
+    for i, it in enumerate(items):
+        if train.uses_concepts(loss):  # unequal concept counts: 1 to 3 object phrases per image
+            it["concepts"] = [data.object_phrase(o) for o in ds.objects[i]][: 1 + i % 3]
+        if train.uses_negatives(loss):
+            it["negatives"] = concepts.hard_negatives(it["caption"], K, 0, set(vocab))
+    return cfg, model, teacher, items, data.Collate(tok)
+
+
+def step(cfg, forward, teacher, batch, world):
+    batch["images"] = batch["images"].double()
+    env = SimpleNamespace(device=torch.device("cpu"), use_cuda=False, world=world)
+    report = SimpleNamespace(add_skipped=lambda skipped, n: None)
+    loss, _, _ = train.train_step(batch, forward, teacher, cfg, None, env, report)
+    return loss
+
+
+def _worker(rank, world, store, loss_name, out):
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    cfg, model, teacher, items, collate = setup(loss_name)
+    ddp = torch.nn.parallel.DistributedDataParallel(model)
+    part = items[:SPLIT] if rank == 0 else items[SPLIT:]
+    loss = step(cfg, ddp, teacher, collate(part), world)
+    total = loss.detach().clone()
+    dist.all_reduce(total)
+    torch.save({"loss": total, "grads": {n: p.grad for n, p in model.named_parameters() if p.requires_grad}},
+               os.path.join(out, f"rank{rank}.pt"))
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("loss_name", ["siglip", "c2lip+degla"])
+def test_ddp_train_step_gradients_match_one_process(loss_name, tmp_path):
+    mp.spawn(_worker, args=(2, str(tmp_path / "store"), loss_name, str(tmp_path)), nprocs=2, join=True)
+    cfg, model, teacher, items, collate = setup(loss_name)
+    ref_loss = step(cfg, model, teacher, collate(items), 1)
+    ref = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    assert all(g is not None for g in ref.values())
+    for rank in (0, 1):
+        got = torch.load(os.path.join(tmp_path, f"rank{rank}.pt"), weights_only=True)
+        torch.testing.assert_close(got["loss"], ref_loss.detach(), rtol=1e-10, atol=1e-12)
+        assert set(got["grads"]) == set(ref)
+        for name, g in ref.items():
+            torch.testing.assert_close(got["grads"][name], g, rtol=1e-8, atol=1e-12, msg=lambda m: f"{name}: {m}")
