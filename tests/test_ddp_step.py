@@ -12,6 +12,7 @@ import torch.multiprocessing as mp
 import concepts
 import data
 import train
+import world
 from model import WordTokenizer, model_config
 
 K = 2
@@ -23,7 +24,7 @@ def setup(loss):
     torch.set_num_threads(1)
     cfg = train.Config(loss=loss, batch_size=8, num_negatives=K, npc_weight=0.7, xac_weight=0.3, igc_weight=0.4,
                        tgc_weight=0.2, distill_weight=0.05, xac_temperature=2.0)
-    vocab = data.world_vocabulary()
+    vocab = world.world_vocabulary()
     tok = WordTokenizer(vocab, 16)
     mcfg = model_config("tiny", vocab_size=tok.vocab_size, depth=1, text_depth=1)
     model, teacher = train.build_model(cfg, mcfg, tok, None, None, torch.device("cpu"), log=lambda *a: None)
@@ -34,21 +35,21 @@ def setup(loss):
         with torch.no_grad():
             for p in teacher.parameters():
                 p.add_(0.01 * torch.randn(p.shape, generator=g, dtype=p.dtype))
-    ds = data.WorldDataset(8, seed=3)
+    ds = world.WorldDataset(8, seed=3)
     items = [ds[i] for i in range(8)]
     for i, it in enumerate(items):
         if train.uses_concepts(loss):  # unequal concept counts: 1 to 3 object phrases per image
-            it["concepts"] = [data.object_phrase(o) for o in ds.objects[i]][: 1 + i % 3]
+            it["concepts"] = [world.object_phrase(o) for o in ds.objects[i]][: 1 + i % 3]
         if train.uses_negatives(loss):
             it["negatives"] = concepts.hard_negatives(it["caption"], K, 0, set(vocab))
-    return cfg, model, teacher, items, data.Collate(tok)
+    return cfg, model, teacher, items, data.Collate(tok, mcfg.image_size, train.text_groups(loss))
 
 
-def step(cfg, forward, teacher, batch, world):
+def step(cfg, forward, teacher, batch, world_size):
     batch["images"] = batch["images"].double()
-    env = SimpleNamespace(device=torch.device("cpu"), use_cuda=False, world=world)
+    env = SimpleNamespace(device=torch.device("cpu"), use_cuda=False, world=world_size)
     report = SimpleNamespace(add_skipped=lambda skipped, n: None)
-    loss, _, _ = train.train_step(batch, forward, teacher, cfg, None, env, report)
+    loss, _, _ = train.train_step(batch, forward, teacher, cfg, env, report)
     return loss
 
 

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 import losses
+import runtime
 import train
 
 B, D, K, T, L = 6, 8, 3, 5, 7       # images, width, negatives per caption, patch tokens, token length
@@ -44,24 +45,31 @@ def make_case(loss):
     """(batch, student leaves, teacher outputs) for one step of `loss`"""
     g = torch.Generator().manual_seed(7)
     batch = {"images": torch.randn(B, 3, 4, 4, generator=g, dtype=torch.float64),
-             "tokens": torch.randint(0, 50, (B, L), generator=g), "skipped": []}
+             "texts": {"captions": torch.randint(0, 50, (B, L), generator=g)}, "owner": {}, "skipped": []}
     concepts, negatives = train.uses_concepts(loss), train.uses_negatives(loss)
-    n_c = len(OWNER) if concepts else 0
     if concepts:
-        batch["concept_tokens"] = torch.randint(0, 50, (n_c, L), generator=g)
-        batch["owner"] = torch.tensor(OWNER)
+        batch["texts"]["concepts"] = torch.randint(0, 50, (len(OWNER), L), generator=g)
+        batch["owner"]["concepts"] = torch.tensor(OWNER)
     if negatives:
-        batch["negative_tokens"] = torch.randint(0, 50, (B * K, L), generator=g)
-    leaves = {"image": unit(B, D, seed=1), "text": unit(B, D, seed=2),
+        batch["texts"]["negatives"] = torch.randint(0, 50, (B * K, L), generator=g)
+    leaves = {"image": unit(B, D, seed=1), "captions": unit(B, D, seed=2),
               "patch_tokens": unit(B, T, D, seed=3),
               "logit_scale": torch.tensor(1.3, dtype=torch.float64), "logit_bias": torch.tensor(-2.1, dtype=torch.float64)}
-    n_extra = n_c + (B * K if negatives else 0)
-    if n_extra:
-        leaves["extra"] = unit(n_extra, D, seed=4)
+    if concepts:
+        leaves["concepts"] = unit(len(OWNER), D, seed=4)
+    if negatives:
+        leaves["negatives"] = unit(B * K, D, seed=9)
     for v in leaves.values():
         v.requires_grad_(True)
-    teacher = {"image": unit(B, D, seed=5), "text": unit(B, D, seed=6), "extra": unit(B * K, D, seed=8)}
+    teacher = {"image": unit(B, D, seed=5), "text": {"captions": unit(B, D, seed=6), "negatives": unit(B * K, D, seed=8)}}
     return batch, leaves, teacher if negatives else None
+
+
+def as_output(leaves):
+    """the model's output layout: texts by name under out["text"]"""
+    out = {k: v for k, v in leaves.items() if k not in ("captions", "concepts", "negatives")}
+    out["text"] = {k: leaves[k] for k in ("captions", "concepts", "negatives") if k in leaves}
+    return out
 
 
 def run_step(loss, batch, leaves, teacher_out):
@@ -69,22 +77,22 @@ def run_step(loss, batch, leaves, teacher_out):
     cfg = train.Config(loss=loss, **OPTIONS)
     calls = []
 
-    def forward(images, tokens, extra, return_tokens=False):
-        texts = [batch[k] for k in ("concept_tokens", "negative_tokens") if k in batch]
-        expect = torch.cat(texts) if texts else None
-        assert (extra is None) == (expect is None) and (expect is None or torch.equal(extra, expect))
-        assert torch.equal(tokens, batch["tokens"]) and return_tokens == train.uses_concepts(loss)
+    def forward(images, texts, return_tokens=False):
+        assert set(texts) == set(batch["texts"]) == {"captions", *train.text_groups(loss)}
+        assert all(torch.equal(texts[k], batch["texts"][k]) for k in texts)
+        assert return_tokens == train.uses_concepts(loss)
         calls.append("student")
-        return dict(leaves)
+        return as_output(leaves)
 
-    def teacher(images, tokens, negative_tokens):
-        assert torch.equal(negative_tokens, batch["negative_tokens"])  # captions and negatives, never concepts
+    def teacher(images, texts):
+        assert set(texts) == {"captions", "negatives"}  # captions and negatives, never concepts
+        assert all(torch.equal(texts[k], batch["texts"][k]) for k in texts)
         calls.append("teacher")
-        return dict(teacher_out)
+        return teacher_out
 
     env = SimpleNamespace(device=torch.device("cpu"), use_cuda=False, world=1, ddp=False, master=True, rank=0)
     report = SimpleNamespace(add_skipped=lambda skipped, n: None)
-    total, terms, n = train.train_step(dict(batch), forward, teacher if teacher_out else None, cfg, None, env, report)
+    total, terms, n = train.train_step(dict(batch), forward, teacher if teacher_out else None, cfg, env, report)
     assert n == B and calls == ["student"] + (["teacher"] if teacher_out else [])
     return cfg, total, terms
 
@@ -92,19 +100,18 @@ def run_step(loss, batch, leaves, teacher_out):
 def reference(loss, batch, x, teacher_out):
     """{term: value} and the weighted total, every call and weight spelled out"""
     t, b = x["logit_scale"], x["logit_bias"]
-    n_c = len(OWNER) if train.uses_concepts(loss) else 0
     ref = {}
     if train.uses_negatives(loss):
-        q = x["extra"][n_c:]
-        ref["base"] = losses.degla_base_loss(x["image"], x["image"], x["text"], q, t, 0, own_only=True)
-        ref["igc"] = losses.igc_loss(x["image"], x["text"], q, t, 0)
-        ref["tgc"] = losses.tgc_loss(x["text"], teacher_out["text"], q, 0, scale=4.0, mask="official")
-        ref["distill"] = losses.distill_loss((x["image"], x["text"], q),
-                                             (teacher_out["image"], teacher_out["text"], teacher_out["extra"]))
+        q, tea = x["negatives"], teacher_out["text"]
+        ref["base"] = losses.degla_base_loss(x["image"], x["image"], x["captions"], q, t, 0, own_only=True)
+        ref["igc"] = losses.igc_loss(x["image"], x["captions"], q, t, 0)
+        ref["tgc"] = losses.tgc_loss(x["captions"], tea["captions"], q, 0, scale=4.0, mask="official")
+        ref["distill"] = losses.distill_loss((x["image"], x["captions"], q),
+                                             (teacher_out["image"], tea["captions"], tea["negatives"]))
     else:
-        ref["con"] = losses.siglip_loss(x["image"], x["text"], t, b, 0)
+        ref["con"] = losses.siglip_loss(x["image"], x["captions"], t, b, 0)
     if train.uses_concepts(loss):
-        c, owner = x["extra"][:n_c], torch.tensor(OWNER)
+        c, owner = x["concepts"], torch.tensor(OWNER)
         ref["npc"] = losses.concept_loss(x["image"], c, owner, t, b, 0)
         ref["xac"] = losses.xattn_concept_loss(x["patch_tokens"], c, owner, t, b, 0, temperature=2.5)
     weights = {"con": 1.0, "base": 1.0, "npc": W_NPC, "xac": W_XAC, "igc": W_IGC, "tgc": W_TGC, "distill": W_DISTILL}
@@ -133,7 +140,7 @@ def test_terms_total_and_gradients_match_direct_calls(loss, tmp_path):
     cfg.out_dir = str(tmp_path)
     env = SimpleNamespace(ddp=False, master=True)
     model = SimpleNamespace(logit_scale=leaves["logit_scale"].detach(), logit_bias=leaves["logit_bias"].detach())
-    logger = train.Logger(cfg, env, 0)
+    logger = runtime.Logger(cfg, env, 0)
     logger.log_step(1, total, terms, 1e-3, model)
     logger.close()
     with open(os.path.join(tmp_path, "metrics.jsonl")) as f:
@@ -147,15 +154,15 @@ def test_terms_total_and_gradients_match_direct_calls(loss, tmp_path):
 def test_each_option_changes_the_reference(option, default):
     # the options above must move the value, or the test could not see them dropped on the way to losses.*
     _, leaves, teacher_out = make_case("c2lip+degla")
-    x, q, c = leaves, leaves["extra"][len(OWNER):], leaves["extra"][:len(OWNER)]
+    x, q, c, y_t = leaves, leaves["negatives"], leaves["concepts"], teacher_out["text"]["captions"]
     t, b, owner = x["logit_scale"], x["logit_bias"], torch.tensor(OWNER)
     value = {
         "xac_temperature": lambda v: losses.xattn_concept_loss(x["patch_tokens"], c, owner, t, b, 0, temperature=v),
-        "tgc_scale": lambda v: losses.tgc_loss(x["text"], teacher_out["text"], q, 0, scale=v),
-        "tgc_mask": lambda v: losses.tgc_loss(x["text"], teacher_out["text"], q, 0, mask=v),
-        "base_own_only": lambda v: losses.degla_base_loss(x["image"], x["image"], x["text"], q, t, 0, own_only=v),
+        "tgc_scale": lambda v: losses.tgc_loss(x["captions"], y_t, q, 0, scale=v),
+        "tgc_mask": lambda v: losses.tgc_loss(x["captions"], y_t, q, 0, mask=v),
+        "base_own_only": lambda v: losses.degla_base_loss(x["image"], x["image"], x["captions"], q, t, 0, own_only=v),
     }[option]
     assert abs(value(OPTIONS[option]).item() - value(default).item()) > 1e-3
     # TGC's positive is the teacher's caption: its image embedding gives another value
-    assert abs(losses.tgc_loss(x["text"], teacher_out["image"], q).item()
-               - losses.tgc_loss(x["text"], teacher_out["text"], q).item()) > 1e-3
+    assert abs(losses.tgc_loss(x["captions"], teacher_out["image"], q).item()
+               - losses.tgc_loss(x["captions"], y_t, q).item()) > 1e-3

@@ -16,12 +16,8 @@ import concepts
 import train
 from model import model_config
 
-try:
-    import world
-except ImportError:  # before the world moved to its own module
-    import data as world
-
 import data
+import world
 
 K = 4
 
@@ -79,8 +75,8 @@ def test_concepts_belong_to_their_own_caption_and_scene(run):
     cfg, mcfg, _, tokenizer, batches = run
     checked = 0
     for b in batches:
-        phrases = decode(tokenizer, b["concept_tokens"])
-        owner = b["owner"].tolist()
+        phrases = decode(tokenizer, b["texts"]["concepts"])
+        owner = b["owner"]["concepts"].tolist()
         assert owner == sorted(owner) and len(owner) == len(phrases)
         for i, (cap, idx) in enumerate(zip(b["captions"], b["index"].tolist())):
             own = [p for p, o in zip(phrases, owner) if o == i]
@@ -99,7 +95,7 @@ def test_negatives_belong_to_their_own_caption(run):
     _, _, _, tokenizer, batches = run
     checked = 0
     for b in batches:
-        negs = decode(tokenizer, b["negative_tokens"])
+        negs = decode(tokenizer, b["texts"]["negatives"])
         assert len(negs) == K * len(b["captions"])
         for i, cap in enumerate(b["captions"]):
             cap_words = cap.replace(",", "").split()
