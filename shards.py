@@ -49,7 +49,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cli import UsageError
+from cli import MissingFileError, UsageError
 from data import BadRecord, to_tensor
 
 INDEX_FORMAT = "c2lip-shard-index/1"
@@ -80,6 +80,11 @@ def shard_paths(spec):
         paths = _expand(spec)
     if not paths:
         raise UsageError(f"--data={spec}: no .tar shards found; name a folder of .tar files, a pattern or a list")
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:  # a typo in a brace range or a list, not bad records: nothing is read until it is fixed
+        named = ", ".join(missing[:3]) + (f" ... {missing[-1]}" if len(missing) > 3 else "")
+        raise MissingFileError(f"--data={spec}: {len(missing)} of {len(paths)} shards do not exist ({named}); "
+                               f"fix the range or the list")
     return paths
 
 
