@@ -10,6 +10,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
+import concepts
 import losses
 import train
 from model import DualEncoder, model_config
@@ -264,14 +265,13 @@ def test_two_process_parity(tmp_path):
 # negatives for training: file, generation, dropped records
 
 
-def test_hard_negatives_for_file_and_drop(tmp_path):
+def test_negatives_for_file_and_drop(tmp_path):
     path = tmp_path / "neg.json"
     good = "a red circle and a blue square"
     rec = {"image_id": 1, "original": good, "enhanced": ["n1", "n2", "n3", "n4", "n5"]}
     path.write_text(json.dumps([rec]))
-    cfg = train.Config(negatives=str(path), num_negatives=4)
     captions = [good, "circle", "a blue ring and a green star"]  # "circle": no 4 distinct negatives
-    negs, keep = train.hard_negatives_for(captions, cfg, log=lambda *a: None)
+    negs, keep = concepts.negatives_for(captions, 4, 0, str(path), log=lambda *a: None)
     assert keep == [0, 2]
     assert negs[0] == ["n1", "n2", "n3", "n4"]  # from the file, first K
     assert len(negs[1]) == 4 and len(set(negs[1])) == 4 and captions[2] not in negs[1]  # generated

@@ -317,17 +317,17 @@ def test_concept_cache_and_negatives_keyed_by_sample_key(tmp_path):
     concepts.main(["negatives", f"--data={root}", f"--out={neg}", "--k=2"])
     recs = json.load(open(neg))
     assert all(isinstance(r["image_id"], int) and r["key"] in index.keys for r in recs)
-    cfg = train.Config(data=root, negatives=neg, num_negatives=2)
-    negs, keep = train.hard_negatives_for(index.captions, cfg, log=lambda *a: None, keys=index.keys)
+    quiet = lambda *a: None  # noqa: E731
+    negs, keep = concepts.negatives_for(index.captions, 2, 0, neg, keys=index.keys, data=root, log=quiet)
     by_key = {r["key"]: r["enhanced"][:2] for r in recs}
     assert negs == [by_key[index.keys[i]] for i in keep]
     json.dump(recs[1:], open(neg, "w"))
     with pytest.raises(UsageError, match=f"no record for sample key '{recs[0]['key']}'"):
-        train.hard_negatives_for(index.captions, cfg, log=lambda *a: None, keys=index.keys)
+        concepts.negatives_for(index.captions, 2, 0, neg, keys=index.keys, data=root, log=quiet)
     # every source: a file whose captions match nothing is an error naming it, not silently replaced
     json.dump([{"image_id": 1, "original": "something else", "enhanced": ["a", "b"]}], open(neg, "w"))
     with pytest.raises(UsageError, match=r"--negatives=.*neg.json: none of its 1 records matches"):
-        train.hard_negatives_for(CAPTIONS, cfg, log=lambda *a: None)
+        concepts.negatives_for(CAPTIONS, 2, 0, neg, log=quiet)
 
 
 def test_coco_image_ids():
