@@ -25,7 +25,6 @@ Run:
     python concepts.py score        # precision / recall on tests/data/concepts_gold.jsonl
 """
 
-import csv
 import json
 import os
 import random
@@ -39,7 +38,8 @@ from multiprocessing import Pool
 import nltk
 from textblob.en.inflect import pluralize, singularize
 
-from cli import MissingFileError, UsageError
+import data
+from cli import UsageError
 
 # -----------------------------------------------------------------------------
 # tokenizing and tagging
@@ -615,28 +615,6 @@ def hard_negatives(caption, k=4, seed=0, vocab=None):
 # files: captions in, concept cache and negatives out
 
 
-def read_records(path, caption_key="caption"):
-    """Records of a JSONL file (one object a line) or a CSV file with a header; each must hold caption_key."""
-    records = []
-    if not os.path.isfile(path):
-        raise MissingFileError(f"--data={path}: no such file; give a JSONL/CSV caption file or WebDataset shards")
-    with open(path, newline="", encoding="utf-8") as f:
-        if path.lower().endswith(".csv"):
-            rows = enumerate(csv.DictReader(f), start=2)  # line 1 is the header
-        else:
-            rows = ((n, line) for n, line in enumerate(f, start=1) if line.strip())
-        for n, row in rows:
-            if isinstance(row, str):
-                try:
-                    row = json.loads(row)
-                except json.JSONDecodeError as err:
-                    raise UsageError(f"{path}:{n}: bad JSON line ({err})") from None
-            if not isinstance(row, dict) or not isinstance(row.get(caption_key), str):
-                raise UsageError(f"{path}:{n}: no string under key {caption_key!r}")
-            records.append(row)
-    return records
-
-
 def _pool_map(fn, items, workers, desc):
     from tqdm import tqdm
     chunksize = max(1, min(512, len(items) // (8 * max(workers, 1)) or 1))
@@ -717,19 +695,6 @@ def _load_keyed_cache(path, captions, keys):
             raise UsageError(f"{path}:{n}: key {key!r}: cached caption {rec.get('caption')!r} != data caption {caption!r}")
         out.append(_check_concepts(rec.get("concepts"), f"{path}:{n}"))
     return out
-
-
-def _image_id(rec, i):
-    """The record's integer image id, which the official DeGLA reader turns into a COCO file name: an
-    image_id field (int or digits), else the COCO id in its image path or URL, else the record index."""
-    from shards import coco_image_id
-    v = rec.get("image_id")
-    if isinstance(v, int) or (isinstance(v, str) and v.strip().isdigit()):
-        return int(v)
-    for key in ("image", "image_path", "filepath", "file_name", "url"):
-        if isinstance(rec.get(key), str) and coco_image_id(rec[key]) is not None:
-            return coco_image_id(rec[key])
-    return i
 
 
 def read_negatives_file(path, k=4):
@@ -863,7 +828,7 @@ def negatives_main(args):
     dt = time.perf_counter() - t0
     # a caption that cannot give k distinct negatives is dropped from the file (METHOD.md §3.8); shards add
     # the sample key, by which training joins the file (the official reader ignores the extra field)
-    out = [{"image_id": _image_id(r, i), **({"key": keys[i]} if keys else {}), "original": c, "enhanced": n}
+    out = [{"image_id": i if data.image_id(r) is None else data.image_id(r), **({"key": keys[i]} if keys else {}), "original": c, "enhanced": n}
            for i, (r, c, n) in enumerate(zip(records, captions, negs)) if len(n) >= args.k]
     with open(args.out, "w", encoding="utf-8") as f:
         json.dump(out, f, ensure_ascii=False)
@@ -896,7 +861,8 @@ def _read_source(spec, caption_key, out, workers):
     """(records [{caption_key: caption, "image_id"?}], sample keys or None) of a JSONL/CSV file or of shards"""
     import shards
     if not shards.is_shards(spec):
-        return read_records(spec, caption_key), None
+        rows, _ = data.read_rows(spec, (caption_key,))
+        return [row for _, row in rows], None
     # shards: the cached index (built here in parallel over shards if missing) holds captions and keys;
     # bad samples are left out, as training leaves them out
     index = shards.load_index(spec, caption_key, os.path.dirname(os.path.abspath(out)), workers)

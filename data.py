@@ -16,6 +16,7 @@ import json
 import math
 import os
 import random
+import re
 import zlib
 
 import numpy as np
@@ -70,63 +71,91 @@ def _check_text(value, where, what):
     return value
 
 
-def read_records(path, image_key="image", caption_key="caption", on_error="error"):
-    """JSONL or CSV -> (records [(line, image path, caption)], problems [{"file", "line", "reason"}]).
+def read_rows(path, keys, on_error="error", nonempty=()):
+    """JSONL (one object a line) or CSV (a header line) -> (rows [(line, {field: text})], problems).
 
-    A malformed line, a missing key, invalid UTF-8, or an empty or whitespace caption raises BadRecord naming
-    the file and line (on_error="error"), or is left out and listed in problems (on_error="skip").
-    Captions are stripped; image paths are relative to the file.
+    The one reader of record files, for training and for concepts.py. A row must hold every field in `keys`
+    as valid UTF-8 text (those in `nonempty` not blank); a malformed line or a row that does not raises
+    BadRecord naming the file and line
+    (on_error="error"), or is left out and listed in problems [{"file", "line", "reason"}] (on_error="skip").
     """
     if on_error not in ("error", "skip"):
         raise ValueError(f"on_error must be 'error' or 'skip', got {on_error!r}")
     if not os.path.isfile(path):
-        raise MissingFileError(f"data file not found: {path}")
-    raw = []  # (line, image, caption) or (line, exception)
+        raise MissingFileError(f"data file not found: {path}; give a JSONL/CSV caption file or WebDataset shards")
+    rows, problems = [], []
     # undecodable bytes become surrogate escapes, so one bad line does not hide the rest of the file
     with open(path, newline="" if path.endswith(".csv") else None, encoding="utf-8", errors="surrogateescape") as f:
-        if path.endswith(".csv"):
-            reader = csv.DictReader(f)
-            for key in (image_key, caption_key):
-                if reader.fieldnames is None or key not in reader.fieldnames:
-                    raise UsageError(f"{path}: CSV header {reader.fieldnames} has no column {key!r}")
-            for row in reader:
-                if None in row or any(v is None for v in row.values()):
-                    raw.append((reader.line_num, BadRecord(f"{path}:{reader.line_num}: wrong number of CSV fields")))
-                else:
-                    raw.append((reader.line_num, row[image_key], row[caption_key]))
-        else:
-            for line_num, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raw.append((line_num, BadRecord(f"{path}:{line_num}: not valid JSON ({e.msg})")))
-                    continue
-                if not isinstance(rec, dict) or image_key not in rec or caption_key not in rec:
-                    raw.append((line_num, BadRecord(f"{path}:{line_num}: record needs keys {image_key!r} and {caption_key!r}")))
-                    continue
-                raw.append((line_num, rec[image_key], rec[caption_key]))
-    root = os.path.dirname(os.path.abspath(path))
-    records, problems = [], []
-    for entry in raw:
-        line_num = entry[0]
+        for line_num, row in _raw_rows(path, f, keys):
+            try:
+                if isinstance(row, BadRecord):
+                    raise row
+                for key in keys:
+                    if not _check_text(row.get(key), f"{path}:{line_num}", key).strip() and key in nonempty:
+                        raise BadRecord(f"{path}:{line_num}: empty {key}")
+                rows.append((line_num, row))
+            except BadRecord as e:
+                if on_error == "error":
+                    raise
+                problems.append({"file": path, "line": line_num, "reason": str(e)})
+    return rows, problems
+
+
+def _raw_rows(path, f, keys):
+    """(line, dict or BadRecord) for each non-blank line of an open JSONL or CSV file"""
+    if path.endswith(".csv"):
+        reader = csv.DictReader(f)
+        missing = [k for k in keys if reader.fieldnames is None or k not in reader.fieldnames]
+        if missing:
+            raise UsageError(f"{path}: CSV header {reader.fieldnames} has no column {missing[0]!r}")
+        for row in reader:
+            if None in row or any(v is None for v in row.values()):
+                yield reader.line_num, BadRecord(f"{path}:{reader.line_num}: wrong number of CSV fields")
+            else:
+                yield reader.line_num, row
+        return
+    for line_num, line in enumerate(f, 1):
+        if not line.strip():
+            continue
         try:
-            if isinstance(entry[1], BadRecord):
-                raise entry[1]
-            where = f"{path}:{line_num}"
-            image = _check_text(entry[1], where, "image path")
-            caption = _check_text(entry[2], where, "caption").strip()
-            if not caption:
-                raise BadRecord(f"{where}: empty caption")
-            records.append((line_num, os.path.join(root, image), caption))
-        except BadRecord as e:
-            if on_error == "error":
-                raise
-            problems.append({"file": path, "line": line_num, "reason": str(e)})
-    if not records:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            yield line_num, BadRecord(f"{path}:{line_num}: not valid JSON ({e.msg})")
+            continue
+        if not isinstance(rec, dict) or any(k not in rec for k in keys):
+            yield line_num, BadRecord(f"{path}:{line_num}: record needs keys {' and '.join(map(repr, keys))}")
+            continue
+        yield line_num, rec
+
+
+def read_records(path, image_key="image", caption_key="caption", on_error="error"):
+    """an image-caption file -> (records [(line, image path, caption)], problems), as read_rows reads it.
+
+    Captions are stripped and must not be empty; image paths are relative to the file.
+    """
+    rows, problems = read_rows(path, (image_key, caption_key), on_error, nonempty=(caption_key,))
+    if not rows:
         raise UsageError(f"{path}: no usable records ({len(problems)} bad)")
-    return records, problems
+    root = os.path.dirname(os.path.abspath(path))
+    return [(n, os.path.join(root, row[image_key]), row[caption_key].strip()) for n, row in rows], problems
+
+
+def coco_image_id(text):
+    """the integer COCO image id in a file name or URL (COCO_train2014_000000057870.jpg, 000000057870.jpg), else None"""
+    m = re.search(r"(?:COCO_[a-z]+\d{4}_|^|/)(\d{12})\.(?:jpg|jpeg|png)$", str(text))
+    return int(m.group(1)) if m else None
+
+
+def image_id(rec):
+    """a record's integer image id (the one rule for files, shards and negatives files): its image_id field
+    (an int or digits), else the COCO id in its image path, file name or URL; None when it has none"""
+    v = rec.get("image_id")
+    if isinstance(v, int) or (isinstance(v, str) and v.strip().isdigit()):
+        return int(v)
+    for field in ("image", "image_path", "filepath", "file_name", "filename", "url"):
+        if isinstance(rec.get(field), str) and coco_image_id(rec[field]) is not None:
+            return coco_image_id(rec[field])
+    return None
 
 
 class CaptionFileDataset(torch.utils.data.Dataset):

@@ -50,7 +50,7 @@ import torch
 from PIL import Image
 
 from cli import MissingFileError, UsageError
-from data import BadRecord, to_tensor
+from data import BadRecord, image_id, to_tensor
 
 INDEX_FORMAT = "c2lip-shard-index/1"
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
@@ -96,23 +96,6 @@ def _expand(pattern):
 # the index: one pass over each shard, cached
 
 
-def coco_image_id(text):
-    """the integer COCO image id in a file name or URL (COCO_train2014_000000057870.jpg, 000000057870.jpg), else None"""
-    m = re.search(r"(?:COCO_[a-z]+\d{4}_|^|/)(\d{12})\.(?:jpg|jpeg|png)$", str(text))
-    return int(m.group(1)) if m else None
-
-
-def _image_id(meta):
-    """an integer image id from a sample's JSON: its image_id field, or a COCO file name in it"""
-    v = meta.get("image_id")
-    if isinstance(v, int) or (isinstance(v, str) and v.isdigit()):
-        return int(v)
-    for field in ("url", "image", "filename", "file_name", "filepath"):
-        if isinstance(meta.get(field), str) and coco_image_id(meta[field]) is not None:
-            return coco_image_id(meta[field])
-    return None
-
-
 def scan_shard(path, caption_key="caption"):
     """one pass over a tar -> {"samples": [[key, start, end, caption, image_id]], "problems": [{key, reason}]}.
 
@@ -150,7 +133,7 @@ def scan_shard(path, caption_key="caption"):
             if caption is None or not caption.strip():
                 where = f"{key}.txt or " if caption_key == "caption" else ""
                 raise BadRecord(f"no caption ({where}field {caption_key!r} of {key}.json)")
-            samples.append([key, start, end, caption.strip(), _image_id(meta) if isinstance(meta, dict) else None])
+            samples.append([key, start, end, caption.strip(), image_id(meta) if isinstance(meta, dict) else None])
         except BadRecord as e:
             problems.append({"key": key, "reason": str(e)})
 

@@ -267,15 +267,20 @@ def test_concept_cache_mismatches(tmp_path):
         C.load_concept_cache(str(path), CAPS)
 
 
-def test_read_records_errors(tmp_path):
+def test_caption_source_errors(tmp_path):
+    # concepts.py reads caption files with data.read_rows, the reader training uses
     path = tmp_path / "data.jsonl"
     path.write_text('{"caption": "a dog"}\n{"text": "a cat"}\n')
-    with pytest.raises(ValueError, match=r"data\.jsonl:2: no string under key 'caption'"):
-        C.read_records(str(path))
-    with pytest.raises(ValueError, match=r"data\.jsonl:1: no string under key 'text'"):
-        C.read_records(str(path), caption_key="text")
+    with pytest.raises(ValueError, match=r"data\.jsonl:2: record needs keys 'caption'"):
+        C._read_source(str(path), "caption", str(tmp_path / "out.jsonl"), 1)
+    with pytest.raises(ValueError, match=r"data\.jsonl:1: record needs keys 'text'"):
+        C._read_source(str(path), "text", str(tmp_path / "out.jsonl"), 1)
+    path.write_text('{"caption": "a dog"}\n\n{"caption": 3}\n')
+    with pytest.raises(ValueError, match=r"data\.jsonl:3: caption is not a string"):
+        C._read_source(str(path), "caption", str(tmp_path / "out.jsonl"), 1)
     path.write_text('{"caption": "a dog"}\n\n{"caption": "a cat"}\n')  # blank lines are skipped
-    assert [r["caption"] for r in C.read_records(str(path))] == ["a dog", "a cat"]
+    records, keys = C._read_source(str(path), "caption", str(tmp_path / "out.jsonl"), 1)
+    assert [r["caption"] for r in records] == ["a dog", "a cat"] and keys is None
 
 
 # ----------------------------------------------------------------------------- hard negatives: each type

@@ -331,12 +331,14 @@ def test_concept_cache_and_negatives_keyed_by_sample_key(tmp_path):
 
 
 def test_coco_image_ids():
-    assert shards.coco_image_id("train2014/COCO_train2014_000000057870.jpg") == 57870
-    assert shards.coco_image_id("http://images.cocodataset.org/val2017/000000391895.jpg") == 391895
-    assert shards.coco_image_id("imgs/0001.jpg") is None
-    assert concepts._image_id({"image": "val2014/COCO_val2014_000000000042.jpg"}, 5) == 42
-    assert concepts._image_id({"image_id": "17"}, 5) == 17
-    assert concepts._image_id({"image": "imgs/0001.jpg"}, 5) == 5  # no id in the data: the record index
+    assert data.coco_image_id("train2014/COCO_train2014_000000057870.jpg") == 57870
+    assert data.coco_image_id("http://images.cocodataset.org/val2017/000000391895.jpg") == 391895
+    assert data.coco_image_id("imgs/0001.jpg") is None
+    # one rule for caption files, shards and negatives files: the image_id field, else a COCO name in a path
+    assert data.image_id({"image": "val2014/COCO_val2014_000000000042.jpg"}) == 42
+    assert data.image_id({"url": "http://x/000000391895.jpg", "image_id": " 17"}) == 17
+    assert data.image_id({"filename": "COCO_train2014_000000057870.jpg"}) == 57870
+    assert data.image_id({"image": "imgs/0001.jpg"}) is None
 
 # -----------------------------------------------------------------------------
 # decode: the draft fast path against a full-size decode
