@@ -37,7 +37,6 @@ name whose count is within 10% of the official one must match it exactly (smalle
 are taken as fixtures or subsets; --check-counts=0 turns the check off).
 """
 
-import itertools
 import json
 import math
 import os
@@ -882,6 +881,21 @@ def evaluate_world(model, tokenizer, seed=0, n_scenes=1000, image_size=32, devic
 
 # -----------------------------------------------------------------------------
 # output
+
+def final_eval(model, tokenizer, cfg, image_size, device, log=print):
+    """the end of a training run: the built-in world's held-out tests for the world the run trained on
+    (cfg: train.Config), printed and written to out_dir/eval.json"""
+    t0 = time.time()
+    log(f"evaluating on the held-out world ({cfg.eval_scenes} scenes per test) ...")
+    model.eval()
+    results = evaluate_world(model, tokenizer, seed=cfg.world_seed, n_scenes=cfg.eval_scenes, image_size=image_size,
+                             device=device, world_split=cfg.world_split, relations=cfg.relations)
+    print_table(results)
+    with open(os.path.join(cfg.out_dir, "eval.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    log(f"wrote {os.path.join(cfg.out_dir, 'eval.json')} (evaluation {time.time() - t0:.1f}s)")
+    return results
+
 
 def print_table(results, title="built-in world, held-out scenes"):
     """flat {metric: fraction} -> table of x100"""

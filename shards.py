@@ -43,10 +43,12 @@ import os
 import random
 import re
 import tarfile
+import time
 import zlib
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from PIL import Image
 
 from cli import MissingFileError, UsageError
@@ -275,6 +277,20 @@ def load_index(spec, caption_key="caption", fallback_dir=".", workers=1, on_erro
         raise UsageError(f"--data={spec}: no usable samples in {len(paths)} shard(s){first}; check the paths")
     return ShardIndex(paths, np.array(shard, dtype=np.int64), np.array(start, dtype=np.int64),
                       np.array(end, dtype=np.int64), keys, captions, image_ids, problems)
+
+def load_index_once(spec, caption_key, out_dir, workers, on_error, log=print):
+    """load_index in a distributed run: rank 0 scans the shards not indexed yet (in parallel over workers)
+    while the other ranks wait, then they read its cached index"""
+    t0 = time.time()
+    others_wait = dist.is_initialized() and dist.get_world_size() > 1
+    if others_wait and dist.get_rank() != 0:
+        dist.barrier()
+    index = load_index(spec, caption_key, out_dir, workers, on_error)
+    if others_wait and dist.get_rank() == 0:
+        dist.barrier()
+    log(f"shards: {len(index):,} samples in {len(index.shards)} shards, {len(index.problems)} problems, "
+        f"indexed in {time.time() - t0:.1f}s")
+    return index
 
 # -----------------------------------------------------------------------------
 # the order: (epoch, step) -> sample ids, a pure function

@@ -18,7 +18,6 @@ writes to out_dir (default runs/<loss>) and refuses a folder holding another run
 """
 
 import copy
-import json
 import math
 import os
 import random
@@ -218,20 +217,6 @@ def ema_update(teacher, student, decay):
 # data setup
 
 
-def load_shards(cfg, log):
-    """the shard index; rank 0 scans shards not indexed yet (in parallel over --workers) while the others wait"""
-    t0 = time.time()
-    others_wait = dist.is_initialized() and dist.get_world_size() > 1
-    if others_wait and dist.get_rank() != 0:
-        dist.barrier()
-    index = shards.load_index(cfg.data, cfg.caption_key, cfg.out_dir, max(1, cfg.workers), cfg.bad_data)
-    if others_wait and dist.get_rank() == 0:
-        dist.barrier()
-    log(f"shards: {len(index):,} samples in {len(index.shards)} shards, {len(index.problems)} problems, "
-        f"indexed in {time.time() - t0:.1f}s")
-    return index
-
-
 def build_data(cfg, mcfg, log=print, tokenizer=None):
     """(dataset, tokenizer) for the configured source; adds concepts (C2LIP) or negatives (DeGLA).
 
@@ -246,7 +231,7 @@ def build_data(cfg, mcfg, log=print, tokenizer=None):
         log(f"world: {len(dataset):,} scenes in {time.time() - t0:.1f}s")
         tokenizer = tokenizer or WordTokenizer(world.world_vocabulary(cfg.relations), mcfg.context_length)
     elif shards.is_shards(cfg.data):
-        dataset = load_shards(cfg, log)
+        dataset = shards.load_index_once(cfg.data, cfg.caption_key, cfg.out_dir, max(1, cfg.workers), cfg.bad_data, log)
     else:
         dataset = data.CaptionFileDataset(cfg.data, mcfg.image_size, train=True, image_key=cfg.image_key,
                                           caption_key=cfg.caption_key, seed=cfg.seed, on_error=cfg.bad_data)
@@ -282,10 +267,6 @@ def build_data(cfg, mcfg, log=print, tokenizer=None):
     if annotations:
         dataset = dataset.annotate(**annotations) if keys is not None else data.Annotated(dataset, **annotations)
     return dataset, tokenizer
-
-# -----------------------------------------------------------------------------
-# reliability: resume checks, bad data, non-finite losses
-
 
 # -----------------------------------------------------------------------------
 # the steps of main
@@ -400,20 +381,6 @@ def finish_step(model, teacher, optimizer, cfg):
         ema_update(teacher, model, cfg.ema_decay)  # after the clamp (METHOD.md §3.7)
 
 
-def final_eval(model, tokenizer, cfg, mcfg, device, log):
-    """the built-in world's held-out tests, printed and written to out_dir/eval.json"""
-    import evaluate
-    t0 = time.time()
-    log(f"evaluating on the held-out world ({cfg.eval_scenes} scenes per test) ...")
-    model.eval()
-    results = evaluate.evaluate_world(model, tokenizer, seed=cfg.world_seed, n_scenes=cfg.eval_scenes,
-                                      image_size=mcfg.image_size, device=device, world_split=cfg.world_split,
-                                      relations=cfg.relations)
-    evaluate.print_table(results)
-    with open(os.path.join(cfg.out_dir, "eval.json"), "w") as f:
-        json.dump(results, f, indent=2)
-    log(f"wrote {os.path.join(cfg.out_dir, 'eval.json')} (evaluation {time.time() - t0:.1f}s)")
-
 # -----------------------------------------------------------------------------
 # the training loop
 
@@ -489,7 +456,8 @@ def main(cfg):
     train_loop(cfg, env, model, forward, teacher, optimizer, batches, runtime.Run(cfg, env, tokenizer, report, step, log))
     report.summary()
     if env.master and cfg.eval and cfg.data == "world":
-        final_eval(model, tokenizer, cfg, mcfg, env.device, log)
+        import evaluate
+        evaluate.final_eval(model, tokenizer, cfg, mcfg.image_size, env.device, log)
     if env.ddp:
         dist.barrier()
         dist.destroy_process_group()
