@@ -320,23 +320,29 @@ def export_world(root, n_scenes=1000, seed=0, image_size=32, part="all", relatio
     records ask only for the held-out object. relations: retrieval captions state a relation, as training did.
     """
     base = seed + TEST_SEED_OFFSET
-    rng = random.Random(seed)  # picks the edits; a pure function of seed
     keep = PARTS[part]
     dirs = {k: os.path.join(root, k) for k in ("coco/val2017", "sugarcrepe", "binding", "zeroshot", "retrieval/world_images")}
     for d in dirs.values():
         os.makedirs(d, exist_ok=True)
+    _export_pairs(dirs, n_scenes, base, image_size, keep, part, random.Random(seed))  # rng: the edits, a function of seed
+    _export_single_objects(dirs["zeroshot"], n_scenes, base, image_size, keep)
+    _export_retrieval(root, dirs["retrieval/world_images"], n_scenes, seed, image_size, keep, relations)
+    return root
 
-    def dump(obj, path):
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=1)
 
+def _dump(obj, path):
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=1)
+
+
+def _export_pairs(dirs, n_scenes, base, image_size, keep, part, rng):
+    """two-object scenes -> the SugarCrepe-style subsets and the concept-binding test"""
     def bare(o):  # the object without its colour
         return f"{article(o['shape'])} {o['shape']}"
 
     def both(first, second):
         return f"{first} and {second}"
 
-    # two-object scenes -> SugarCrepe-style subsets and the concept-binding test
     subsets = {k: {} for k in ("replace_att", "replace_obj", "swap_att", "swap_obj", "add_att", "add_obj")}
     binding = {}
     for kept, (img, objs) in zip(range(n_scenes), binding_scenes(base + 7, image_size, keep)):
@@ -371,32 +377,35 @@ def export_world(root, n_scenes=1000, seed=0, image_size=32, part="all", relatio
             if part != "unseen" or (o["colour"], o["shape"]) in HELD_OUT_PAIRS:
                 add(binding, object_phrase(o), object_phrase({**o, "colour": other["colour"]}))
     for sub, records in subsets.items():
-        dump(records, os.path.join(dirs["sugarcrepe"], f"{sub}.json"))
-    dump(binding, os.path.join(dirs["binding"], "concept_binding.json"))
+        _dump(records, os.path.join(dirs["sugarcrepe"], f"{sub}.json"))
+    _dump(binding, os.path.join(dirs["binding"], "concept_binding.json"))
 
-    # single-object scenes -> two image folders (by shape; by colour + shape), every class folder made even if empty
+
+def _export_single_objects(folder, n_scenes, base, image_size, keep):
+    """single-object scenes -> two image folders (by shape; by colour + shape), every class folder made even if empty"""
     folders = {"world_shape": lambda o: o["shape"], "world_colour_shape": lambda o: f"{o['colour']}_{o['shape']}"}
     classes = {"world_shape": sorted(SHAPES), "world_colour_shape": sorted(f"{c}_{s}" for c in COLOURS for s in SHAPES)}
     for ds, names in classes.items():
         for c in names:
-            os.makedirs(os.path.join(dirs["zeroshot"], ds, c), exist_ok=True)
+            os.makedirs(os.path.join(folder, ds, c), exist_ok=True)
     for i in range(n_scenes):
         img, _, (o,) = make_scene(base + 3, i, image_size, 1, 1, keep)
         for ds, cls in folders.items():
-            Image.fromarray(img).save(os.path.join(dirs["zeroshot"], ds, cls(o), f"{i:06d}.png"))
-    dump({ds: [c.replace("_", " ") for c in names] for ds, names in classes.items()},
-         os.path.join(dirs["zeroshot"], "classnames.json"))
-    dump({ds: ["a photo of a {c}", "a {c}", "a {c} shape"] for ds in classes}, os.path.join(dirs["zeroshot"], "templates.json"))
+            Image.fromarray(img).save(os.path.join(folder, ds, cls(o), f"{i:06d}.png"))
+    _dump({ds: [c.replace("_", " ") for c in names] for ds, names in classes.items()},
+         os.path.join(folder, "classnames.json"))
+    _dump({ds: ["a photo of a {c}", "a {c}", "a {c} shape"] for ds in classes}, os.path.join(folder, "templates.json"))
 
-    # retrieval: every held-out scene with its long caption
+
+def _export_retrieval(root, image_dir, n_scenes, seed, image_size, keep, relations):
+    """every held-out scene with its long caption, as a Karpathy-style retrieval file"""
     images, captions, _ = make_world(n_scenes, seed, image_size, split="test", keep=keep, relations=relations)
     entries = []
     for i, (img, cap) in enumerate(zip(images, captions)):
-        Image.fromarray(img).save(os.path.join(dirs["retrieval/world_images"], f"{i:06d}.png"))
+        Image.fromarray(img).save(os.path.join(image_dir, f"{i:06d}.png"))
         entries.append(dict(filepath="world_images", filename=f"{i:06d}.png", imgid=i, split="test", sentids=[i],
                             sentences=[dict(tokens=cap.replace(",", "").split(), raw=cap, imgid=i, sentid=i)]))
-    dump({"dataset": "world", "images": entries}, os.path.join(root, "retrieval", "world.json"))
-    return root
+    _dump({"dataset": "world", "images": entries}, os.path.join(root, "retrieval", "world.json"))
 
 
 def export_world_relations(root, n_scenes=1000, seed=0, image_size=32, part="all"):
