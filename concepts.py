@@ -39,7 +39,7 @@ import nltk
 from textblob.en.inflect import pluralize, singularize
 
 import data
-from cli import UsageError
+from cli import MissingFileError, UsageError
 
 # -----------------------------------------------------------------------------
 # tokenizing and tagging
@@ -861,6 +861,8 @@ def _read_source(spec, caption_key, out, workers):
     """(records [{caption_key: caption, "image_id"?}], sample keys or None) of a JSONL/CSV file or of shards"""
     import shards
     if not shards.is_shards(spec):
+        if not os.path.isfile(spec):
+            raise MissingFileError(f"--data={spec}: no such file; give a JSONL/CSV caption file or WebDataset shards")
         rows, _ = data.read_rows(spec, (caption_key,))
         return [row for _, row in rows], None
     # shards: the cached index (built here in parallel over shards if missing) holds captions and keys;
