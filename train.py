@@ -102,7 +102,7 @@ class Config:
     max_logit_scale: float = math.log(100.0)  # clamp after every step (both official codes)
     # system
     device: str = "auto"             # auto | cpu | cuda
-    bf16: bool = True                # bf16 autocast around forward and loss on CUDA (fp32 master weights)
+    precision: str = "auto"          # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32: autocast of the forward; weights and losses stay fp32
     compile: bool = False
     threads: int = 1                 # torch CPU threads per rank (0 = torch's default); 1 keeps CPU results exact
     log_every: int = 25
@@ -280,6 +280,7 @@ def check_config(cfg, world_size):
     check_choice("nonfinite", cfg.nonfinite, ("stop", "skip"))
     check_choice("tgc_mask", cfg.tgc_mask, ("own", "official"))
     check_choice("device", cfg.device, ("auto", "cpu", "cuda"))
+    check_choice("precision", cfg.precision, ("auto", "bf16", "fp32"))
     if cfg.batch_size % world_size:
         raise UsageError(f"--batch_size={cfg.batch_size} is not divisible by the world size {world_size}; "
                          f"choose a multiple of {world_size}")
@@ -352,6 +353,11 @@ def make_batches(cfg, mcfg, dataset, tokenizer, env, start_step):
     return data.epoch_batches(loader, dataset, start_step, local_batch), steps
 
 
+def uses_bf16(cfg, env):
+    """--precision: bf16 autocast on every device when asked, on CUDA only under auto"""
+    return cfg.precision == "bf16" or (cfg.precision == "auto" and env.use_cuda)
+
+
 def train_step(batch, forward, teacher, cfg, env, report):
     """forward, loss and backward of one global batch -> (loss, terms, images on this rank)"""
     rank_images = losses.gather_sizes(batch["images"].shape[0], env.device)
@@ -359,7 +365,7 @@ def train_step(batch, forward, teacher, cfg, env, report):
     images = batch["images"].to(env.device, non_blocking=True)
     texts = {k: v.to(env.device, non_blocking=True) for k, v in batch["texts"].items()}
     batch["owner"] = {k: v.to(env.device, non_blocking=True) for k, v in batch["owner"].items()}
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=env.use_cuda and cfg.bf16):
+    with torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=uses_bf16(cfg, env)):
         out = forward(images, texts, return_tokens=uses_concepts(cfg.loss))
         if teacher is not None:
             with torch.no_grad():
@@ -452,7 +458,7 @@ def main(cfg):
     if env.master:
         runtime.write_run_info(cfg, mcfg, env)
     log(f"training {cfg.steps} steps, global batch {cfg.batch_size} on {env.world} rank(s) ({env.device}), "
-        f"{steps_per_epoch} steps per epoch")
+        f"{steps_per_epoch} steps per epoch, {'bf16 autocast' if uses_bf16(cfg, env) else 'fp32'} (losses in fp32)")
     train_loop(cfg, env, model, forward, teacher, optimizer, batches, runtime.Run(cfg, env, tokenizer, report, step, log))
     report.summary()
     if env.master and cfg.eval and cfg.data == "world":

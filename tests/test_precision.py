@@ -61,3 +61,56 @@ def test_bf16_matmul_would_differ(inputs):
         pos = torch.eye(B, dtype=torch.bool)
         naive = losses.sigmoid_loss(logits, pos, B).item()
     assert abs(naive - ref) > 2e-6 * abs(ref)
+
+
+# -----------------------------------------------------------------------------
+# --precision: the bf16 path of train_step runs on the CPU
+
+
+def first_step_terms(loss, precision):
+    """the loss terms of train_step's first step on a small world batch, same weights and batch each call"""
+    import concepts
+    import data
+    import runtime
+    import train
+    import world
+    from model import DualEncoder, WordTokenizer, model_config
+    vocab = world.world_vocabulary()
+    tok = WordTokenizer(vocab, 16)
+    ds = world.WorldDataset(16, seed=2)
+    items = [ds[i] for i in range(16)]
+    for i, it in enumerate(items):
+        if train.uses_concepts(loss):
+            it["concepts"] = [world.object_phrase(o) for o in ds.objects[i]]
+        if train.uses_negatives(loss):
+            it["negatives"] = concepts.hard_negatives(it["caption"], 4, 0, set(vocab))
+    batch = data.Collate(tok, 32, train.text_groups(loss))(items)
+    cfg = train.Config(loss=loss, precision=precision, batch_size=16)
+    env = runtime.Env(rank=0, world=1, local_rank=0, device=torch.device("cpu"), ddp=False, use_cuda=False)
+    torch.manual_seed(0)
+    model = DualEncoder(model_config("tiny", vocab_size=tok.vocab_size))
+    teacher = None
+    if train.uses_negatives(loss):
+        torch.manual_seed(1)
+        teacher = DualEncoder(model_config("tiny", vocab_size=tok.vocab_size)).requires_grad_(False)
+    report = type("NoReport", (), {"add_skipped": staticmethod(lambda skipped, n: None)})
+    loss_value, terms, _ = train.train_step(batch, model, teacher, cfg, env, report)
+    grads_dtype = {p.grad.dtype for p in model.parameters() if p.grad is not None}
+    return loss_value, terms, grads_dtype
+
+
+@pytest.mark.parametrize("loss", ["siglip", "c2lip", "degla", "c2lip+degla"])
+def test_bf16_step_on_the_cpu(loss):
+    import train
+    assert train.Config().precision == "auto"  # auto = fp32 on the CPU: the default run's numbers do not move
+    ref_total, ref, _ = first_step_terms(loss, "auto")
+    total, terms, grads_dtype = first_step_terms(loss, "bf16")
+    assert grads_dtype == {torch.float32}  # fp32 master weights, fp32 gradients
+    assert set(terms) == set(ref)
+    for k in ref:
+        assert terms[k].dtype == torch.float32, k  # the loss runs in fp32 on bf16 embeddings
+        rel = abs(terms[k].item() - ref[k].item()) / abs(ref[k].item())
+        assert rel < 0.05, (k, terms[k].item(), ref[k].item())
+    # bf16 really ran: the forward's rounding moves at least one term
+    assert any(terms[k].item() != ref[k].item() for k in ref)
+    assert abs(total.item() - ref_total.item()) / abs(ref_total.item()) < 0.05
