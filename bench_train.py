@@ -169,7 +169,7 @@ def build_ours(cfg, bcfg, device):
     """(step function, resident tensors): train.train_step and train.finish_step on our model"""
     torch.manual_seed(bcfg.seed)
     tcfg = train.Config(loss=bcfg.loss, batch_size=bcfg.batch, num_negatives=bcfg.negatives, model=bcfg.model,
-                        bf16=bcfg.bf16, compile=bcfg.compile)
+                        precision="bf16" if bcfg.bf16 else "fp32", compile=bcfg.compile)
     env = runtime.Env(rank=0, world=1, local_rank=0, device=device, ddp=False, use_cuda=device.type == "cuda")
     model = DualEncoder(cfg).to(device).train()
     teacher = None
