@@ -69,30 +69,17 @@ def test_bf16_matmul_would_differ(inputs):
 
 def first_step_terms(loss, precision):
     """the loss terms of train_step's first step on a small world batch, same weights and batch each call"""
-    import concepts
-    import data
     import runtime
     import train
-    import world
-    from model import DualEncoder, WordTokenizer, model_config
-    vocab = world.world_vocabulary()
-    tok = WordTokenizer(vocab, 16)
-    ds = world.WorldDataset(16, seed=2)
-    items = [ds[i] for i in range(16)]
-    for i, it in enumerate(items):
-        if train.uses_concepts(loss):
-            it["concepts"] = [world.object_phrase(o) for o in ds.objects[i]]
-        if train.uses_negatives(loss):
-            it["negatives"] = concepts.hard_negatives(it["caption"], 4, 0, set(vocab))
-    batch = data.Collate(tok, 32, train.text_groups(loss))(items)
-    cfg = train.Config(loss=loss, precision=precision, batch_size=16)
+    from test_compile import setup  # a world batch with every group, the tiny model, a teacher copy
+    batch, model, teacher = setup(loss)
+    if teacher is not None:  # a teacher apart from the student, so that the distillation term is not ~0
+        g = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for p in teacher.parameters():
+                p.add_(0.05 * torch.randn(p.shape, generator=g))
+    cfg = train.Config(loss=loss, precision=precision, batch_size=8)
     env = runtime.Env(rank=0, world=1, local_rank=0, device=torch.device("cpu"), ddp=False, use_cuda=False)
-    torch.manual_seed(0)
-    model = DualEncoder(model_config("tiny", vocab_size=tok.vocab_size))
-    teacher = None
-    if train.uses_negatives(loss):
-        torch.manual_seed(1)
-        teacher = DualEncoder(model_config("tiny", vocab_size=tok.vocab_size)).requires_grad_(False)
     report = type("NoReport", (), {"add_skipped": staticmethod(lambda skipped, n: None)})
     loss_value, terms, _ = train.train_step(batch, model, teacher, cfg, env, report)
     grads_dtype = {p.grad.dtype for p in model.parameters() if p.grad is not None}
