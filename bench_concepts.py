@@ -10,7 +10,11 @@ machine), then extraction over a process pool for each --workers count, to show 
 rate (which needs that many free cores) and the rate per CPU-second of the workers (the pool start-up and
 the warm-up included), which stays at the one-process rate when the work splits without overhead.
 
-Run: python bench_concepts.py [--n=5000] [--workers=1,2]
+Last, how often concepts repeat within a batch, which is what train.py saves by encoding each distinct text
+of a batch once (data.Collate): the distinct share of the concepts of consecutive batches of --batch
+captions, for the built-in world's training captions and for the gold captions (all 52 in one batch).
+
+Run: python bench_concepts.py [--n=5000] [--workers=1,2] [--batch=128]
 """
 
 import json
@@ -28,6 +32,7 @@ from cli import UsageError, run
 class BenchConfig:
     n: int = 5000                 # captions per set
     workers: str = "1,2"          # comma-separated process counts for the scaling rows
+    batch: int = 128              # captions per batch for the repeat rate (train.py's default global batch)
 
 
 COLOURS = "red green blue yellow purple orange white pink".split()
@@ -43,10 +48,11 @@ def world_captions(n, seed=0):
     return out
 
 
-def gold_captions(n):
+def gold_captions(n=0):
+    """the gold set's captions, repeated to n of them (0: each once)"""
     with open(C.GOLD_PATH, encoding="utf-8") as f:
         gold = [json.loads(line)["caption"] for line in f if line.strip()]
-    return (gold * (n // len(gold) + 1))[:n]
+    return (gold * (n // len(gold) + 1))[:n] if n else gold
 
 
 def rate(fn, captions):
@@ -76,6 +82,16 @@ def pool_rate(captions, workers):
     return len(captions) / wall, len(captions) / max(cpu, 1e-9)
 
 
+def distinct_share(captions, batch):
+    """(distinct concepts / concepts, concepts per batch), over consecutive batches of the captions"""
+    per_caption = C.extract_concepts_batch(captions)
+    distinct = total = 0
+    for i in range(0, len(captions) - batch + 1, batch):
+        phrases = [p for ps in per_caption[i:i + batch] for p in ps]
+        distinct, total = distinct + len(set(phrases)), total + len(phrases)
+    return distinct / total, total / (len(captions) // batch)
+
+
 def main(cfg):
     try:
         workers = [int(w) for w in cfg.workers.split(",") if w]
@@ -99,6 +115,13 @@ def main(cfg):
         base = base or wall / w
         print(f"extract_concepts over {w} worker(s): {wall:7.0f} captions/s ({wall / (base * w):.2f} of linear "
               f"in wall time) | {per_cpu:6.0f} per worker CPU-second")
+    import world  # the repeat rate on train.py's own world captions (not this file's look-alikes)
+    gold = gold_captions()
+    for name, caps, b in (("world", world.WorldDataset(10 * cfg.batch, 0).captions, cfg.batch),
+                          ("gold", gold, len(gold))):
+        share, n = distinct_share(caps, b)
+        print(f"concepts repeating in a batch | {name:5s} | batch {b} captions: {n:.0f} concepts, "
+              f"{100 * share:.1f}% distinct (the text tower's concept work with distinct texts)")
 
 
 if __name__ == "__main__":

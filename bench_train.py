@@ -4,6 +4,7 @@ Time one training step (forward, loss, backward, AdamW) on a synthetic batch, wi
     python bench_train.py                                         # tiny, SigLIP, CPU
     python bench_train.py --model=B/16 --batch=8 --threads=1 --compare=openclip
     python bench_train.py --model=B/16 --batch=96 --loss=c2lip --device=cuda --bf16 --compile --fused
+    python bench_train.py --batch=128 --threads=1 --loss=siglip,c2lip --texts=world --distinct=both
 
 The timed step is train.py's own: train.train_step (forward, the teacher's forward for DeGLA, compute_losses,
 LOSS_WEIGHTS, backward) then train.finish_step (AdamW from configure_optimizer, optionally rebuilt fused,
@@ -24,6 +25,10 @@ code paged in on first use is not counted) and with glibc returning freed blocks
 fragmentation is included, so it is an upper bound of what torch needs.
 
 --loss=siglip,c2lip,degla times the three steps alternately in one run and prints their ratios to SigLIP.
+--texts=world takes the texts of a batch of the built-in world (its captions, concepts and negatives, as
+train.py makes them) instead of random ids, so texts repeat as in training; --distinct=both then times each
+loss with each distinct text encoded once (train.py's default) and with every text encoded ("c2lip[all]"),
+alternating. The FLOPs count the texts the tower really encodes.
 --compare=openclip builds open_clip's ViT-B-16-SigLIP with random weights (nothing is downloaded) and
 times its SigLIP step (open_clip.loss.SigLipLoss) on the same batch and settings, alternating with ours
 step by step. open-clip-torch is a benchmark-only dependency.
@@ -42,6 +47,7 @@ from dataclasses import dataclass, asdict, fields, replace
 
 import torch
 
+import data
 import runtime
 import train
 from cli import UsageError, run as run_cli
@@ -58,6 +64,8 @@ class BenchConfig:
     batch: int = 8                # images per step
     concepts: int = 3             # C2LIP: concept texts per image
     negatives: int = 4            # DeGLA: K hard negatives per caption
+    texts: str = "random"         # random: every text distinct random ids | world: the world's captions, concepts, negatives
+    distinct: str = "on"          # world texts: on = each distinct text once (train.py's default) | off | both, alternating
     steps: int = 10               # timed steps (per model with --compare)
     warmup: int = 2               # untimed steps first (compile, allocator, optimizer state)
     device: str = "cpu"           # cpu | cuda
@@ -112,29 +120,42 @@ def loss_flops(cfg, loss, B, N, K):
     return flops
 
 
-def step_flops(cfg, loss, B, concepts=3, negatives=4):
+def step_flops(cfg, loss, B, concepts=3, negatives=4, rows=None):
     """FLOPs of one training step, by part. A matmul's backward costs twice its forward (the gradients of
-    both operands), except the patch embedding's, whose input (the images) needs no gradient."""
-    N = B * concepts if loss == "c2lip" else 0
-    n_text = B + N + (B * negatives if loss == "degla" else 0)
+    both operands), except the patch embedding's, whose input (the images) needs no gradient.
+
+    concepts: concept texts per image (C2LIP; a mean is fine), negatives: K per caption (DeGLA).
+    rows: {group: texts the text tower encodes} for captions, concepts, negatives; by default every text,
+    fewer where data.Collate encodes each distinct text once (the losses still see every text)."""
+    N = round(B * concepts) if loss == "c2lip" else 0
+    K = negatives if loss == "degla" else 0
+    rows = {"captions": B, "concepts": N, "negatives": B * K, **(rows or {})}
     patch, vision = vision_flops(cfg, B, return_tokens=loss == "c2lip")
-    text = text_flops(cfg, n_text)
+    text = text_flops(cfg, rows["captions"] + (rows["concepts"] if N else 0) + (rows["negatives"] if K else 0))
     fwd = patch + vision + text
     loss_fwd = loss_flops(cfg, loss, B, N, negatives)
     teacher = 0
     if loss == "degla":  # the EMA teacher encodes the same images, captions and negatives, forward only
-        teacher = sum(vision_flops(cfg, B, False)) + text_flops(cfg, n_text)
+        teacher = sum(vision_flops(cfg, B, False)) + text_flops(cfg, rows["captions"] + rows["negatives"])
     parts = {"model_fwd": fwd, "model_bwd": patch + 2 * (vision + text), "loss_fwd": loss_fwd,
              "loss_bwd": 2 * loss_fwd, "teacher_fwd": teacher}
     parts["total"] = sum(parts.values())
     return parts
+
+
+def batch_counts(batch):
+    """step_flops' arguments for a batch as train.py's Collate gives it: (B, concepts per image, K, rows)"""
+    B = batch["images"].shape[0]
+    n = {k: v.shape[0] for k, v in batch["rows"].items()}
+    return B, n.get("concepts", 0) / B, n.get("negatives", 0) // B, {k: v.shape[0] for k, v in batch["texts"].items()}
 
 # -----------------------------------------------------------------------------
 # the steps being timed
 
 
 def synthetic_batch(cfg, bcfg, device):
-    """random images and token ids in the shape train.py's collate gives (texts by name), on the device"""
+    """random images and token ids in the layout train.py's Collate gives (texts by name, each its own row), on
+    the device; random texts do not repeat"""
     g = torch.Generator().manual_seed(bcfg.seed)
     B, C = bcfg.batch, cfg.context_length
     tok = lambda n: torch.randint(3, cfg.vocab_size, (n, C), generator=g).to(device)  # noqa: E731 (0-2: specials)
@@ -145,6 +166,20 @@ def synthetic_batch(cfg, bcfg, device):
         batch["owner"]["concepts"] = torch.arange(B).repeat_interleave(bcfg.concepts).to(device)
     if bcfg.loss == "degla":
         batch["texts"]["negatives"] = tok(B * bcfg.negatives)  # sample-major: row n*K + k is negative k of caption n
+    batch["rows"] = {k: torch.arange(v.shape[0], device=device) for k, v in batch["texts"].items()}
+    return batch
+
+
+def world_batch(cfg, bcfg, device):
+    """the first bcfg.batch training scenes of the built-in world with train.py's own captions, concepts and
+    negatives, through its Collate (each distinct text once unless --distinct=off): texts repeat as in training"""
+    tcfg = train.Config(loss=bcfg.loss, world_scenes=2 * bcfg.batch, num_negatives=bcfg.negatives, seed=bcfg.seed)
+    dataset, tokenizer = train.build_data(tcfg, cfg, log=lambda *a: None)  # negatives may drop a scene
+    collate = data.Collate(tokenizer, cfg.image_size, train.text_groups(bcfg.loss), bcfg.distinct == "on")
+    batch = collate([dataset[i] for i in range(bcfg.batch)])
+    for part in ("texts", "rows", "owner"):
+        batch[part] = {k: v.to(device) for k, v in batch[part].items()}
+    batch["images"] = batch["images"].to(device)
     return batch
 
 
@@ -178,7 +213,7 @@ def build_ours(cfg, bcfg, device):
         teacher = copy.deepcopy(model).requires_grad_(False).eval()
     opt = make_optimizer(model, tcfg, bcfg.fused)
     forward = torch.compile(model) if bcfg.compile else model
-    batch = synthetic_batch(cfg, bcfg, device)  # train_step moves it to the device (a no-op here)
+    batch = (world_batch if bcfg.texts == "world" else synthetic_batch)(cfg, bcfg, device)  # on the device already
     for g in opt.param_groups:
         g["lr"] = tcfg.lr * g["lr_mult"]
 
@@ -221,10 +256,13 @@ LOSSES = ("siglip", "c2lip", "degla")
 
 
 def build(name, cfg, bcfg, device):
-    """a step by name: one of our losses, or "openclip" (its SigLIP step)"""
+    """a step by name: one of our losses, the same with every text encoded ("c2lip[all]"), or "openclip" (its
+    SigLIP step)"""
     if name == "openclip":
         return build_openclip(cfg, bcfg, device)
-    return build_ours(cfg, replace(bcfg, loss=bcfg.loss if name == "ours" else name), device)
+    loss, every = name.removesuffix("[all]"), name.endswith("[all]")
+    distinct = "off" if every else "on" if bcfg.distinct == "both" else bcfg.distinct
+    return build_ours(cfg, replace(bcfg, loss=bcfg.loss if loss == "ours" else loss, distinct=distinct), device)
 
 # -----------------------------------------------------------------------------
 # measuring
@@ -234,7 +272,7 @@ def resident_bytes(model, teacher, opt, batch):
     """bytes of what lives across steps: parameters, optimizer state, teacher, batch"""
     tensors = list(model.parameters()) + [t for s in opt.state.values() for t in s.values() if torch.is_tensor(t)]
     tensors += list(teacher.parameters()) if teacher is not None else []
-    tensors += [batch["images"], *batch["texts"].values(), *batch["owner"].values()]  # (train_step adds the teacher's outputs: transient)
+    tensors += [batch["images"], *batch["texts"].values(), *batch["rows"].values(), *batch["owner"].values()]  # (train_step adds the teacher's outputs: transient)
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
@@ -351,6 +389,12 @@ def check(bcfg):
         raise UsageError("--bf16: train.py autocasts to bf16 on CUDA only; use --device=cuda or drop --bf16")
     if min(bcfg.batch, bcfg.steps, bcfg.concepts, bcfg.negatives) < 1 or bcfg.warmup < 0:
         raise UsageError("--batch, --steps, --concepts and --negatives must be >= 1 and --warmup >= 0")
+    if bcfg.texts not in ("random", "world") or bcfg.distinct not in ("on", "off", "both"):
+        raise UsageError(f"--texts={bcfg.texts} --distinct={bcfg.distinct}: expected --texts=random|world and "
+                         f"--distinct=on|off|both")
+    if bcfg.distinct != "on" and bcfg.texts != "world":
+        raise UsageError("--distinct: random texts never repeat; compare with and without distinct texts on "
+                         "--texts=world")
     if bcfg.compare not in ("", "openclip"):
         raise UsageError(f"--compare={bcfg.compare}: the only comparison is --compare=openclip")
     if bcfg.compare and (bcfg.model != "B/16" or "siglip" not in names):
@@ -370,6 +414,8 @@ def run(bcfg):
     peak = peak_matmul_flops(device, dtype, n)
 
     which = bcfg.loss.split(",")
+    if bcfg.distinct == "both":  # each loss with and without distinct texts, alternating
+        which = [k + suffix for k in which for suffix in ("", "[all]")]
     skipped = None
     if bcfg.compare == "openclip":
         try:
@@ -379,9 +425,10 @@ def run(bcfg):
         except ImportError:
             skipped = "open_clip is not installed (pip install open-clip-torch timm): OpenCLIP comparison skipped"
     # open_clip's ViT-B-16-SigLIP has our B/16's shapes, so our SigLIP formula counts its FLOPs too
-    flops = {k: step_flops(cfg, "siglip" if k == "openclip" else k, bcfg.batch, bcfg.concepts, bcfg.negatives)
-             for k in which}
     built = {k: build(k, cfg, bcfg, device) for k in which}
+    # FLOPs of the batch each step really runs: its concepts per image and its distinct texts
+    flops = {k: step_flops(cfg, "siglip" if k == "openclip" else k.removesuffix("[all]"),
+                           *batch_counts(built[k][1][3])) for k in which}
     steps = {k: s for k, (s, _) in built.items()}
     for k in which:  # warm-up one model at a time: compile, allocator, optimizer state
         for _ in range(bcfg.warmup):
@@ -410,7 +457,8 @@ def run(bcfg):
                              else "peak RSS (VmHWM) growth of a child process over build + 2 steps"),
            "results": results, "skipped": skipped}
     # step-time ratios between steps that alternated: ours against OpenCLIP, C2LIP and DeGLA against SigLIP
-    pairs = [("siglip", "openclip"), ("c2lip", "siglip"), ("degla", "siglip")]
+    pairs = [("siglip", "openclip"), ("c2lip", "siglip"), ("degla", "siglip"), ("c2lip[all]", "siglip"),
+             ("degla[all]", "siglip"), ("c2lip", "c2lip[all]"), ("degla", "degla[all]")]
     out["ratios"] = {f"{a}/{b}": {q: results[a][f"step_s_{q}"] / results[b][f"step_s_{q}"] for q in ("min", "median")}
                      for a, b in pairs if a in results and b in results}
     return out
@@ -432,17 +480,17 @@ def print_table(out):
           f"compile {'on' if c['compile'] else 'off'} | fused {'on' if c['fused'] else 'off'} | "
           f"threads {out['threads']} | torch {out['torch']} | {out['device_name']}")
     for k, f in out["flops"].items():
-        print(f"{k:9s} FLOPs per step {f['total'] / 1e9:,.1f} G (model fwd {f['model_fwd'] / 1e9:,.1f}, "
+        print(f"{k:10s} FLOPs per step {f['total'] / 1e9:,.1f} G (model fwd {f['model_fwd'] / 1e9:,.1f}, "
               f"bwd {f['model_bwd'] / 1e9:,.1f}; losses fwd+bwd {(f['loss_fwd'] + f['loss_bwd']) / 1e9:,.2f}; "
               f"teacher fwd {f['teacher_fwd'] / 1e9:,.1f})")
     print(f"peak: {out['peak_flop_s'] / 1e9:,.1f} GFLOP/s "
           f"({out['dtype']} {out['peak_matmul_size']}^3 matmul, best of 5)")
-    print(f"{'':9s} {'params':>9s} {'step ms min':>12s} {'median':>9s} {'img/s':>8s} {'GFLOP/s':>9s} {'MFU':>6s} "
+    print(f"{'':10s} {'params':>9s} {'step ms min':>12s} {'median':>9s} {'img/s':>8s} {'GFLOP/s':>9s} {'MFU':>6s} "
           f"{'peak MiB':>9s}")
     for k, r in out["results"].items():
         mfu, gf = f"{100 * r['mfu']:5.1f}%", f"{r['flop_s'] / 1e9:9.1f}"
         mem = f"{r['peak_mem_bytes'] / 2 ** 20:9.0f}" if r.get("peak_mem_bytes") is not None else f"{'-':>9s}"
-        print(f"{k:9s} {r['params'] / 1e6:8.2f}M {1000 * r['step_s_min']:12.1f} {1000 * r['step_s_median']:9.1f} "
+        print(f"{k:10s} {r['params'] / 1e6:8.2f}M {1000 * r['step_s_min']:12.1f} {1000 * r['step_s_median']:9.1f} "
               f"{r['img_s']:8.2f} {gf} {mfu} {mem}")
     for name, r in out["ratios"].items():
         print(f"step time {name}: median {r['median']:.3f}, min {r['min']:.3f} ({c['steps']} alternating steps each)")

@@ -8,7 +8,8 @@ path relative to the file and a caption:
 
 Preprocessing is Pillow + numpy (SigLIP's bicubic resize, mean = std = 0.5, a seeded random resized crop for
 training). Collate turns items into a batch with its texts tokenised by name (captions, concepts, negatives,
-or any group a loss adds); the sampler and epoch_batches resume part-way through an epoch.
+or any group a loss adds), each distinct text of a group once; the sampler and epoch_batches resume part-way
+through an epoch.
 """
 
 import csv
@@ -241,14 +242,18 @@ TEXT_GROUPS = ("concepts", "negatives")  # texts an item may carry besides its c
 
 class Collate:
     """list of items -> batch dict: images (b, 3, H, W), captions (strings), index (b,), skipped (the unreadable
-    items), and the tokenised texts by name: texts["captions"] (b, C) and, for every group in `groups`,
-    texts[group] (n, C) with owner[group] (n,) = local image index of each text. Negatives are sample-major
-    (row i*K + k = negative k of sample i). A rank whose items were all unreadable gets zero-row tensors of
-    every kind, so it still joins every collective of the step. A new group of texts: the items carry it
-    under its name, and it is listed in `groups`."""
+    items), and the tokenised texts by name. For captions and every group in `groups` (concepts, negatives, ...):
+    texts[name] (u, C) holds each distinct text of the group once, rows[name] (n,) the row of texts[name] for
+    each of the group's n texts in order (texts[name][rows[name]] is every text, duplicates included), and for
+    the groups, owner[name] (n,) the local image index of each text. Negatives are sample-major (text i*K + k is
+    negative k of sample i). The text tower is a function of each row alone, so encoding texts[name] and
+    indexing by rows[name] gives every text's embedding for a fraction of the work when texts repeat (concepts
+    do: "a man", "the water"); distinct=False keeps every text as its own row (rows = 0..n-1), for comparison.
+    A rank whose items were all unreadable gets zero-row tensors of every kind, so it still joins every
+    collective of the step. A new group of texts: the items carry it under its name, and it is listed in `groups`."""
 
-    def __init__(self, tokenizer, image_size, groups=()):
-        self.tokenizer, self.image_size, self.groups = tokenizer, image_size, tuple(groups)
+    def __init__(self, tokenizer, image_size, groups=(), distinct=True):
+        self.tokenizer, self.image_size, self.groups, self.distinct = tokenizer, image_size, tuple(groups), distinct
 
     def __call__(self, items):
         # what an unreadable item says about itself (index; shard and key for shards), then why
@@ -258,14 +263,22 @@ class Collate:
         images = torch.stack([it["image"] for it in items]) if items else torch.zeros(0, 3, self.image_size, self.image_size)
         batch = {"skipped": skipped, "images": images, "captions": captions,
                  "index": torch.tensor([it["index"] for it in items], dtype=torch.long),
-                 "texts": {"captions": self.encode(captions)}, "owner": {}}
+                 "texts": {}, "rows": {}, "owner": {}}
+        batch["texts"]["captions"], batch["rows"]["captions"] = self.encode(captions)
         for name in self.groups:
-            batch["texts"][name] = self.encode([t for it in items for t in it[name]])
+            batch["texts"][name], batch["rows"][name] = self.encode([t for it in items for t in it[name]])
             batch["owner"][name] = torch.tensor([i for i, it in enumerate(items) for _ in it[name]], dtype=torch.long)
         return batch
 
     def encode(self, texts):
-        return self.tokenizer.encode(texts) if texts else torch.zeros(0, self.tokenizer.context_length, dtype=torch.long)
+        """-> (token ids of the distinct texts (u, C), row of each text (n,)); every text its own row unless distinct"""
+        if not texts:
+            return torch.zeros(0, self.tokenizer.context_length, dtype=torch.long), torch.zeros(0, dtype=torch.long)
+        if not self.distinct:
+            return self.tokenizer.encode(texts), torch.arange(len(texts))
+        first = {t: i for i, t in enumerate(dict.fromkeys(texts))}  # equal strings: tokenised once
+        tokens, row = torch.unique(self.tokenizer.encode(list(first)), dim=0, return_inverse=True)  # equal token ids too
+        return tokens, row[torch.tensor([first[t] for t in texts])]
 
 
 class ResumableSampler(torch.utils.data.DistributedSampler):

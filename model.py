@@ -419,21 +419,27 @@ class DualEncoder(nn.Module):
         """token ids (n, C) -> unit y (n, d)"""
         return F.normalize(self.text(tokens), dim=-1)
 
-    def encode_texts(self, groups):
-        """named groups of token ids {name: (n_name, C)} -> {name: unit (n_name, d)}, in one pass of the tower"""
-        names = list(groups)
-        y = self.encode_text(torch.cat([groups[k] for k in names]))
-        return dict(zip(names, y.split([groups[k].shape[0] for k in names])))
+    def encode_texts(self, texts, rows):
+        """named groups of token ids {name: (u, C)} and each text's row {name: (n,)} -> {name: unit (n, d)}.
 
-    def forward(self, images, texts, return_tokens=False):
+        All groups share one pass of the tower over their rows; a text that repeats in a group is one row
+        (data.Collate), and indexing by rows hands every text its embedding (the gradient of a repeated text
+        sums over its uses, as it would with one row each)."""
+        names = list(texts)
+        y = self.encode_text(torch.cat([texts[k] for k in names]))
+        y = y.split([texts[k].shape[0] for k in names])
+        return {k: y_k[rows[k]] for k, y_k in zip(names, y)}
+
+    def forward(self, images, texts, rows, return_tokens=False):
         """one call for everything a training step needs (DDP wraps this forward).
 
-        texts: named groups of token ids, e.g. {"captions": ..., "concepts": ..., "negatives": ...}; they share
-        one text pass. Returns {"image", "patch_tokens" (None unless return_tokens), "text": {name: embeddings},
-        "logit_scale", "logit_bias"}.
+        texts, rows: named groups of texts as data.Collate gives them, e.g. {"captions": ..., "concepts": ...,
+        "negatives": ...}: the distinct token ids of each group and the row of each text. Returns {"image",
+        "patch_tokens" (None unless return_tokens), "text": {name: embeddings, one per text}, "logit_scale",
+        "logit_bias"}.
         """
         x, patch_tokens = self.encode_image(images, return_tokens)
-        return {"image": x, "patch_tokens": patch_tokens, "text": self.encode_texts(texts),
+        return {"image": x, "patch_tokens": patch_tokens, "text": self.encode_texts(texts, rows),
                 "logit_scale": self.logit_scale, "logit_bias": self.logit_bias}
 
     def num_params(self):

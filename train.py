@@ -104,6 +104,7 @@ class Config:
     device: str = "auto"             # auto | cpu | cuda
     precision: str = "auto"          # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32: autocast of the forward; weights and losses stay fp32
     compile: bool = False
+    distinct_texts: bool = True      # the text tower encodes each distinct text of a group once per step (same numbers)
     threads: int = 1                 # torch CPU threads per rank (0 = torch's default); 1 keeps CPU results exact
     log_every: int = 25
     ckpt_every: int = 250
@@ -334,7 +335,7 @@ def make_batches(cfg, mcfg, dataset, tokenizer, env, start_step):
     """(this rank's batches from global step start_step on, endless; steps per epoch) for either source:
     a sampler over an in-memory dataset, or the shard plan, which maps (epoch, step) to samples"""
     local_batch = cfg.batch_size // env.world
-    collate = data.Collate(tokenizer, mcfg.image_size, text_groups(cfg.loss))
+    collate = data.Collate(tokenizer, mcfg.image_size, text_groups(cfg.loss), cfg.distinct_texts)
     if isinstance(dataset, shards.ShardIndex):
         plan = shards.Plan(dataset, cfg.batch_size, env.world, cfg.seed, cfg.shuffle_window, cfg.resampled,
                            cfg.samples_per_epoch)
@@ -363,13 +364,15 @@ def train_step(batch, forward, teacher, cfg, env, report):
     rank_images = losses.gather_sizes(batch["images"].shape[0], env.device)
     report.add_skipped(batch["skipped"], cfg.batch_size - sum(rank_images))
     images = batch["images"].to(env.device, non_blocking=True)
-    texts = {k: v.to(env.device, non_blocking=True) for k, v in batch["texts"].items()}
-    batch["owner"] = {k: v.to(env.device, non_blocking=True) for k, v in batch["owner"].items()}
+    def to_device(group):
+        return {k: v.to(env.device, non_blocking=True) for k, v in group.items()}
+    texts, rows, batch["owner"] = to_device(batch["texts"]), to_device(batch["rows"]), to_device(batch["owner"])
     with torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=uses_bf16(cfg, env)):
-        out = forward(images, texts, return_tokens=uses_concepts(cfg.loss))
+        out = forward(images, texts, rows, return_tokens=uses_concepts(cfg.loss))
         if teacher is not None:
             with torch.no_grad():
-                batch["teacher"] = teacher(images, {k: texts[k] for k in TEACHER_TEXTS})
+                batch["teacher"] = teacher(images, {k: texts[k] for k in TEACHER_TEXTS},
+                                           {k: rows[k] for k in TEACHER_TEXTS})
         terms = compute_losses(out, batch, cfg, rank_images)
         loss = sum(LOSS_WEIGHTS[k](cfg) * v for k, v in terms.items())
     # each rank holds its share of the global loss; x world so that DDP's gradient mean is the global gradient

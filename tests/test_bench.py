@@ -36,17 +36,24 @@ def run_script(*args):
 # ----------------------------------------------------------------------------- FLOPs
 
 
+@pytest.mark.parametrize("texts", ["random", "world"])
 @pytest.mark.parametrize("name", list(CONFIGS))
 @pytest.mark.parametrize("loss", ["siglip", "c2lip", "degla"])
-def test_analytic_step_flops_equal_flop_counter(loss, name):
+def test_analytic_step_flops_equal_flop_counter(loss, name, texts):
     # the whole step (forward, losses, backward, teacher forward, AdamW) under torch's counter; the math
-    # attention backend is used because the counter does not see the fused CPU attention kernel
+    # attention backend is used because the counter does not see the fused CPU attention kernel.
+    # world texts: the world's concepts repeat, and the tower encodes each distinct one once
     cfg = CONFIGS[name]
-    bcfg = BT.BenchConfig(loss=loss, batch=3, concepts=2, negatives=2)
+    bcfg = BT.BenchConfig(loss=loss, batch=3 if texts == "random" else 12, concepts=2, negatives=2, texts=texts)
     step, (model, _, _, batch) = BT.build_ours(cfg, bcfg, CPU)
-    want = BT.step_flops(cfg, loss, 3, concepts=2, negatives=2)
+    if texts == "random":
+        want = BT.step_flops(cfg, loss, 3, concepts=2, negatives=2)
+    else:
+        B, concepts, K, rows = BT.batch_counts(batch)
+        assert loss != "c2lip" or rows["concepts"] < B * concepts  # repeats were merged
+        want = BT.step_flops(cfg, loss, B, concepts, K, rows)
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as fwd:
-        model(batch["images"], batch["texts"], return_tokens=loss == "c2lip")
+        model(batch["images"], batch["texts"], batch["rows"], return_tokens=loss == "c2lip")
     assert fwd.get_total_flops() == want["model_fwd"]
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as whole:
         step()
@@ -89,8 +96,18 @@ def test_bench_train_alternates_losses():
     BT.print_table(out)
 
 
+def test_bench_train_distinct_texts_both_ways():
+    out = BT.run(BT.BenchConfig(loss="c2lip", batch=16, steps=2, warmup=1, memory=False, peak_size=256,
+                                texts="world", distinct="both"))
+    for k in ("c2lip", "c2lip[all]"):
+        check_result(out, k, memory=False)
+    assert out["flops"]["c2lip"]["model_fwd"] < out["flops"]["c2lip[all]"]["model_fwd"]
+    assert out["flops"]["c2lip"]["loss_fwd"] == out["flops"]["c2lip[all]"]["loss_fwd"]  # the losses see every text
+    assert "c2lip/c2lip[all]" in out["ratios"]
+
+
 @pytest.mark.parametrize("args", [["--loss=clip"], ["--loss=siglip,siglip"], ["--compare=openclip"], ["--batch=0"],
-                                  ["--nope=1"], ["--bf16"]])
+                                  ["--nope=1"], ["--bf16"], ["--distinct=both"], ["--texts=web"]])
 def test_bench_train_bad_input_is_one_line(args, capsys):
     with pytest.raises(SystemExit) as e:
         cli.run(BT.main, BT.BenchConfig, argv=args, prog="bench_train.py")

@@ -39,7 +39,7 @@ def test_forward_has_no_graph_break(loss):
     batch, model, _ = setup(loss)
     assert set(batch["texts"]) == {"captions", *GROUPS[loss]}
     torch._dynamo.reset()
-    explained = torch._dynamo.explain(model)(batch["images"], batch["texts"], return_tokens=train.uses_concepts(loss))
+    explained = torch._dynamo.explain(model)(batch["images"], batch["texts"], batch["rows"], return_tokens=train.uses_concepts(loss))
     assert explained.graph_break_count == 0, [str(b.reason) for b in explained.break_reasons]
     assert explained.graph_count == 1
 

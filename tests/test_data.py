@@ -94,13 +94,13 @@ def test_collate_concepts_and_negatives():
     assert batch["images"].shape == (3, 3, 32, 32) and batch["texts"]["captions"].shape == (3, 8)
     assert batch["owner"]["concepts"].tolist() == [0, 1, 1, 2, 2, 2]
     assert batch["owner"]["negatives"].tolist() == [0, 0, 1, 1, 2, 2]
-    assert batch["texts"]["concepts"].shape == (6, 8)
-    assert batch["texts"]["negatives"].shape == (6, 8)
-    torch.testing.assert_close(batch["texts"]["concepts"][1:3], tok.encode(["a", "b"]))
+    assert batch["rows"]["concepts"].shape == batch["rows"]["negatives"].shape == (6,)
+    torch.testing.assert_close(batch["texts"]["concepts"][batch["rows"]["concepts"]][1:3], tok.encode(["a", "b"]))
     # a rank whose items were all unreadable still gets every group, with zero rows
     empty = collate([{"skip": "unreadable", "index": 0}])
     assert empty["images"].shape == (0, 3, 32, 32) and empty["skipped"][0]["reason"] == "unreadable"
     assert {k: tuple(v.shape) for k, v in empty["texts"].items()} == {k: (0, 8) for k in ("captions", "concepts", "negatives")}
+    assert {k: tuple(v.shape) for k, v in empty["rows"].items()} == {k: (0,) for k in ("captions", "concepts", "negatives")}
     with pytest.raises(ValueError, match="concepts"):
         data.Annotated(world.WorldDataset(3, seed=0), concepts=[["x"]])
 

@@ -129,7 +129,7 @@ def _ddp_worker(rank, world, store, loss_name):
     collate = data.Collate(tok, 32, train.text_groups(loss_name))
 
     def step(model_fn, batch, rank_images):
-        out = model_fn(batch["images"], batch["texts"], return_tokens=loss_name == "c2lip")
+        out = model_fn(batch["images"], batch["texts"], batch["rows"], return_tokens=loss_name == "c2lip")
         terms = train.compute_losses(out, batch, cfg, rank_images)
         return sum(train.LOSS_WEIGHTS[k](cfg) * v for k, v in terms.items())
 

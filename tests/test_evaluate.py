@@ -396,3 +396,17 @@ def test_world_export_round_trip(tmp_path):
     assert res["t2i_R@5"] == docs["world"]["metrics"]["image_retrieval_recall@5"]
     assert res["zeroshot_shape"] == docs["world_shape"]["metrics"]["acc1"]
     assert res["swap_att"] == docs["sugar_crepe/swap_att"]["metrics"]["acc"]
+
+
+def test_encoder_encodes_each_distinct_text_once(enc, monkeypatch):
+    # zero-shot prompts and benchmark captions repeat ("a photo of a red thing" in every template set, the same
+    # caption across SugarCrepe subsets): each distinct string goes through the tower once per Encoder
+    seen = []
+    encode = enc.model.encode_text
+    monkeypatch.setattr(enc.model, "encode_text", lambda tokens: seen.append(len(tokens)) or encode(tokens))
+    texts = ["a red cube", "a blue ball", "a red cube", "a red cube", "the green thing"]
+    first = enc.texts(texts)
+    assert sum(seen) == 3 and torch.equal(first[0], first[2]) and torch.equal(first[0], first[3])
+    w = ev.class_weights(enc, ["red", "blue"], ["a {c} cube", "a photo of a {c} thing"])
+    assert sum(seen) == 3 + 3  # "a red cube" was already encoded; three new prompts
+    torch.testing.assert_close(w[0], F.normalize(enc.texts(["a red cube", "a photo of a red thing"]).mean(0), dim=0))

@@ -24,10 +24,11 @@ def test_shapes_and_unit_norm():
 def test_forward_dict_matches_separate_encoders():
     m = tiny()
     images, tokens, extra = torch.randn(2, 3, 32, 32), torch.randint(0, 40, (2, 16)), torch.randint(0, 40, (3, 16))
-    out = m(images, {"captions": tokens, "concepts": extra}, return_tokens=True)
+    rows = {"captions": torch.tensor([1, 0, 1]), "concepts": torch.tensor([2, 2, 0, 1])}  # repeats, any order
+    out = m(images, {"captions": tokens, "concepts": extra}, rows, return_tokens=True)
     torch.testing.assert_close(out["image"], m.encode_image(images)[0])
-    torch.testing.assert_close(out["text"]["captions"], m.encode_text(tokens))
-    torch.testing.assert_close(out["text"]["concepts"], m.encode_text(extra))
+    torch.testing.assert_close(out["text"]["captions"], m.encode_text(tokens[rows["captions"]]))
+    torch.testing.assert_close(out["text"]["concepts"], m.encode_text(extra[rows["concepts"]]))
     assert set(out) == {"image", "patch_tokens", "text", "logit_scale", "logit_bias"}
     assert list(out["text"]) == ["captions", "concepts"]
 

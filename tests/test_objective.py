@@ -52,6 +52,7 @@ def make_case(loss):
         batch["owner"]["concepts"] = torch.tensor(OWNER)
     if negatives:
         batch["texts"]["negatives"] = torch.randint(0, 50, (B * K, L), generator=g)
+    batch["rows"] = {k: torch.arange(v.shape[0]) for k, v in batch["texts"].items()}
     leaves = {"image": unit(B, D, seed=1), "captions": unit(B, D, seed=2),
               "patch_tokens": unit(B, T, D, seed=3),
               "logit_scale": torch.tensor(1.3, dtype=torch.float64), "logit_bias": torch.tensor(-2.1, dtype=torch.float64)}
@@ -77,16 +78,16 @@ def run_step(loss, batch, leaves, teacher_out):
     cfg = train.Config(loss=loss, **OPTIONS)
     calls = []
 
-    def forward(images, texts, return_tokens=False):
-        assert set(texts) == set(batch["texts"]) == {"captions", *train.text_groups(loss)}
-        assert all(torch.equal(texts[k], batch["texts"][k]) for k in texts)
+    def forward(images, texts, rows, return_tokens=False):
+        assert set(texts) == set(rows) == set(batch["texts"]) == {"captions", *train.text_groups(loss)}
+        assert all(torch.equal(texts[k], batch["texts"][k]) and torch.equal(rows[k], batch["rows"][k]) for k in texts)
         assert return_tokens == train.uses_concepts(loss)
         calls.append("student")
         return as_output(leaves)
 
-    def teacher(images, texts):
-        assert set(texts) == {"captions", "negatives"}  # captions and negatives, never concepts
-        assert all(torch.equal(texts[k], batch["texts"][k]) for k in texts)
+    def teacher(images, texts, rows):
+        assert set(texts) == set(rows) == {"captions", "negatives"}  # captions and negatives, never concepts
+        assert all(torch.equal(texts[k], batch["texts"][k]) and torch.equal(rows[k], batch["rows"][k]) for k in texts)
         calls.append("teacher")
         return teacher_out
 

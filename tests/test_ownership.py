@@ -75,7 +75,7 @@ def test_concepts_belong_to_their_own_caption_and_scene(run):
     cfg, mcfg, _, tokenizer, batches = run
     checked = 0
     for b in batches:
-        phrases = decode(tokenizer, b["texts"]["concepts"])
+        phrases = decode(tokenizer, b["texts"]["concepts"][b["rows"]["concepts"]])
         owner = b["owner"]["concepts"].tolist()
         assert owner == sorted(owner) and len(owner) == len(phrases)
         for i, (cap, idx) in enumerate(zip(b["captions"], b["index"].tolist())):
@@ -95,7 +95,7 @@ def test_negatives_belong_to_their_own_caption(run):
     _, _, _, tokenizer, batches = run
     checked = 0
     for b in batches:
-        negs = decode(tokenizer, b["texts"]["negatives"])
+        negs = decode(tokenizer, b["texts"]["negatives"][b["rows"]["negatives"]])
         assert len(negs) == K * len(b["captions"])
         for i, cap in enumerate(b["captions"]):
             cap_words = cap.replace(",", "").split()

@@ -40,7 +40,7 @@ def test_a_new_text_group_trains_through_three_places(monkeypatch):
 
     cfg = train.Config(batch_size=6)
     batch = data.Collate(tok, 32, train.text_groups(cfg.loss))(items)
-    assert batch["texts"]["paraphrases"].shape == (6, 16) and batch["owner"]["paraphrases"].tolist() == list(range(6))
+    assert batch["rows"]["paraphrases"].shape == (6,) and batch["owner"]["paraphrases"].tolist() == list(range(6))
     torch.manual_seed(0)
     model = DualEncoder(model_config("tiny", vocab_size=tok.vocab_size))
     env = runtime.Env(rank=0, world=1, local_rank=0, device=torch.device("cpu"), ddp=False, use_cuda=False)
@@ -49,7 +49,7 @@ def test_a_new_text_group_trains_through_three_places(monkeypatch):
     # the term is what the same loss gives on the paraphrases encoded alone, and the total carries its weight
     with torch.no_grad():
         x = model.encode_image(batch["images"])[0]
-        want = losses.concept_loss(x, model.encode_text(batch["texts"]["paraphrases"]), torch.arange(6),
+        want = losses.concept_loss(x, model.encode_text(tok.encode([it["paraphrases"][0] for it in items])), torch.arange(6),
                                    model.logit_scale, model.logit_bias)
     torch.testing.assert_close(terms["para"].detach(), want, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(loss.detach(), (terms["con"] + 0.5 * terms["para"]).detach())

@@ -69,7 +69,7 @@ def test_training_lowers_the_loss_on_a_fixed_batch():
     for step in range(40):
         for g in opt.param_groups:
             g["lr"] = 2e-3 * g["lr_mult"]
-        out = m(batch["images"], batch["texts"])
+        out = m(batch["images"], batch["texts"], batch["rows"])
         loss = losses.siglip_loss(out["image"], out["text"]["captions"], out["logit_scale"], out["logit_bias"])
         first = first if first is not None else loss.item()
         loss.backward()
