@@ -242,13 +242,14 @@ TEXT_GROUPS = ("concepts", "negatives")  # texts an item may carry besides its c
 
 class Collate:
     """list of items -> batch dict: images (b, 3, H, W), captions (strings), index (b,), skipped (the unreadable
-    items), and the tokenised texts by name. For captions and every group in `groups` (concepts, negatives, ...):
+    items), and the tokenised texts by name, for the captions and every group in `groups` (concepts, negatives):
     texts[name] (u, C) holds each distinct text of the group once, rows[name] (n,) the row of texts[name] for
     each of the group's n texts in order (texts[name][rows[name]] is every text, duplicates included), and for
     the groups, owner[name] (n,) the local image index of each text. Negatives are sample-major (text i*K + k is
     negative k of sample i). The text tower is a function of each row alone, so encoding texts[name] and
     indexing by rows[name] gives every text's embedding for a fraction of the work when texts repeat (concepts
     do: "a man", "the water"); distinct=False keeps every text as its own row (rows = 0..n-1), for comparison.
+    Captions always keep a row each: they seldom repeat, and a SigLIP step stays exactly what it was.
     A rank whose items were all unreadable gets zero-row tensors of every kind, so it still joins every
     collective of the step. A new group of texts: the items carry it under its name, and it is listed in `groups`."""
 
@@ -264,20 +265,21 @@ class Collate:
         batch = {"skipped": skipped, "images": images, "captions": captions,
                  "index": torch.tensor([it["index"] for it in items], dtype=torch.long),
                  "texts": {}, "rows": {}, "owner": {}}
-        batch["texts"]["captions"], batch["rows"]["captions"] = self.encode(captions)
+        batch["texts"]["captions"], batch["rows"]["captions"] = self.encode(captions, distinct=False)
         for name in self.groups:
-            batch["texts"][name], batch["rows"][name] = self.encode([t for it in items for t in it[name]])
+            texts = [t for it in items for t in it[name]]
+            batch["texts"][name], batch["rows"][name] = self.encode(texts, self.distinct)
             batch["owner"][name] = torch.tensor([i for i, it in enumerate(items) for _ in it[name]], dtype=torch.long)
         return batch
 
-    def encode(self, texts):
+    def encode(self, texts, distinct):
         """-> (token ids of the distinct texts (u, C), row of each text (n,)); every text its own row unless distinct"""
         if not texts:
             return torch.zeros(0, self.tokenizer.context_length, dtype=torch.long), torch.zeros(0, dtype=torch.long)
-        if not self.distinct:
+        if not distinct:
             return self.tokenizer.encode(texts), torch.arange(len(texts))
         first = {t: i for i, t in enumerate(dict.fromkeys(texts))}  # equal strings: tokenised once
-        tokens, row = torch.unique(self.tokenizer.encode(list(first)), dim=0, return_inverse=True)  # equal token ids too
+        tokens, row = torch.unique(self.tokenizer.encode(list(first)), dim=0, return_inverse=True)  # equal ids too
         return tokens, row[torch.tensor([first[t] for t in texts])]
 
 

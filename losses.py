@@ -133,14 +133,17 @@ def world_info():
 
 
 def gather_sizes(n, device):
-    """every rank's count of rows, as a list of ints"""
+    """every rank's count of rows, as a list of ints; n a dict {name: count} -> {name: list}, all names in one
+    all_gather and one read on the host (the step's only one besides the finite/stop decision)"""
     rank, world = world_info()
+    names = list(n) if isinstance(n, dict) else None
     if world == 1:
-        return [n]
-    t = torch.tensor([n], device=device)
+        return {k: [n[k]] for k in names} if names else [n]
+    t = torch.tensor([n[k] for k in names] if names else [n], device=device)
     out = [torch.zeros_like(t) for _ in range(world)]
     dist.all_gather(out, t)
-    return [int(s) for s in out]
+    per_rank = torch.stack(out).tolist()  # (world, names)
+    return {k: [r[i] for r in per_rank] for i, k in enumerate(names)} if names else [r[0] for r in per_rank]
 
 
 def _gather_padded(x, sizes):
@@ -168,23 +171,24 @@ class _GatherWithGrad(torch.autograd.Function):
         return grad[start:start + ctx.sizes[rank]], None
 
 
-def gather(x, with_grad=True):
-    """concatenate every rank's rows (rank-major); returns (gathered, sizes). Gradients flow to owners."""
+def gather(x, with_grad=True, sizes=None):
+    """concatenate every rank's rows (rank-major); returns (gathered, sizes). Gradients flow to owners.
+    sizes: every rank's row count when the step already has it (gather_sizes), else gathered here"""
     rank, world = world_info()
     if world == 1:
         return x, [x.shape[0]]
     x = fp32(x)  # bf16 rows travel as fp32: the loss upcasts them anyway, and not every backend reduces bf16
-    sizes = gather_sizes(x.shape[0], x.device)
+    sizes = sizes or gather_sizes(x.shape[0], x.device)
     if with_grad and x.requires_grad:
         return _GatherWithGrad.apply(x, sizes), sizes
     return _gather_padded(x.detach(), sizes), sizes
 
 
-def gather_owners(owner, images_per_rank):
+def gather_owners(owner, images_per_rank, sizes=None):
     """local owner indices -> global ones: offset by the images held by earlier ranks (METHOD.md §4.3)"""
     rank, _ = world_info()
     local = owner + sum(images_per_rank[:rank])
-    return gather(local, with_grad=False)[0]
+    return gather(local, with_grad=False, sizes=sizes)[0]
 
 # -----------------------------------------------------------------------------
 # DeGLA (METHOD.md §3): softmax losses over captions plus K hard negatives per caption.

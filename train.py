@@ -99,6 +99,7 @@ class Config:
     beta1: float = 0.9
     beta2: float = 0.98
     eps: float = 1e-6
+    adamw: str = "auto"              # auto (fused on CUDA, foreach elsewhere) | fused | foreach: AdamW's implementation
     max_logit_scale: float = math.log(100.0)  # clamp after every step (both official codes)
     # system
     device: str = "auto"             # auto | cpu | cuda
@@ -131,20 +132,36 @@ def get_lr(step, cfg):
     return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+def adamw_kind(cfg, device):
+    """--adamw: fused (one kernel for all tensors, step counters on the device) under auto on CUDA; foreach
+    (a few kernels per group) elsewhere under auto, which keeps CPU runs' numbers as they were"""
+    if cfg.adamw == "auto":
+        return "fused" if device.type == "cuda" else "foreach"
+    return cfg.adamw
+
+
 def configure_optimizer(model, cfg, log=print):
-    """AdamW; decay iff p.dim() >= 2 (matrices, embeddings, pos-embeds, MAP latent); logit params apart"""
+    """AdamW (fused or foreach, adamw_kind); decay iff p.dim() >= 2 (matrices, embeddings, pos-embeds, MAP
+    latent); logit params apart"""
+    device = model.logit_scale.device
+    kind = adamw_kind(cfg, device)
     logit = [model.logit_scale, model.logit_bias]
     others = [p for n, p in model.named_parameters() if p.requires_grad and n not in ("logit_scale", "logit_bias")]
     decay = [p for p in others if p.dim() >= 2]
     no_decay = [p for p in others if p.dim() < 2]
     log(f"optimizer: {len(decay)} decayed tensors ({sum(p.numel() for p in decay):,} params), "
-        f"{len(no_decay)} not decayed ({sum(p.numel() for p in no_decay):,}), logit scale/bias at {cfg.logit_lr_mult}x lr")
+        f"{len(no_decay)} not decayed ({sum(p.numel() for p in no_decay):,}), logit scale/bias at {cfg.logit_lr_mult}x lr, "
+        f"{kind} AdamW{' (--adamw=auto on ' + device.type + ')' if cfg.adamw == 'auto' else ''}")
     groups = [
         {"params": decay, "weight_decay": cfg.weight_decay, "lr_mult": 1.0},
         {"params": no_decay, "weight_decay": 0.0, "lr_mult": 1.0},
         {"params": logit, "weight_decay": 0.0, "lr_mult": cfg.logit_lr_mult},
     ]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
+    try:
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
+                                 **{"fused" if kind == "fused" else "foreach": True})
+    except RuntimeError as e:  # fused on a device this torch build has no fused kernel for
+        raise UsageError(f"--adamw=fused: {str(e).splitlines()[0][:200]}; use --adamw=foreach") from None
 
 
 LOSSES = ("siglip", "c2lip", "degla", "c2lip+degla")
@@ -170,24 +187,26 @@ def compute_losses(out, batch, cfg, rank_images):
     """the loss terms of one step, as a dict of scalars (this rank's share of each global loss).
 
     out: the model's outputs, texts by name (out["text"]["captions"], ["concepts"], ["negatives"]);
-    batch["owner"]["concepts"]: local image index of each concept; batch["teacher"]: the EMA teacher's outputs.
+    batch["owner"]["concepts"]: local image index of each concept; batch["teacher"]: the EMA teacher's outputs;
+    batch["sizes"] (optional): every rank's count of each group's texts (losses.gather_sizes, once a step).
     rank_images: every rank's image count (list); this rank's rows start at the sum of earlier ones.
     With negatives DeGLA's L_base replaces L_con.
     """
     rank, _ = losses.world_info()
     offset = sum(rank_images[:rank])
     t, b, text = out["logit_scale"], out["logit_bias"], out["text"]
-    y_all, _ = losses.gather(text["captions"])
+    sizes = batch.get("sizes", {})
+    y_all, _ = losses.gather(text["captions"], sizes=sizes.get("captions"))
     terms = {}
     if uses_negatives(cfg.loss):
-        v_all, _ = losses.gather(out["image"])
-        q_all, _ = losses.gather(text["negatives"])  # negatives gathered apart from the captions: the layout [P], [Q] holds
+        v_all, _ = losses.gather(out["image"], sizes=rank_images)
+        q_all, _ = losses.gather(text["negatives"], sizes=sizes.get("negatives"))  # negatives gathered apart from the captions: the layout [P], [Q] holds
         terms["base"] = losses.degla_base_loss(out["image"], v_all, y_all, q_all, t, offset, cfg.base_own_only)
     else:
         terms["con"] = losses.siglip_loss(out["image"], y_all, t, b, offset)
     if uses_concepts(cfg.loss):  # sigmoid losses: t and b, shared with L_con (or, combined, b trained by these alone)
-        c_all, _ = losses.gather(text["concepts"])
-        owner_all = losses.gather_owners(batch["owner"]["concepts"], rank_images)
+        c_all, _ = losses.gather(text["concepts"], sizes=sizes.get("concepts"))
+        owner_all = losses.gather_owners(batch["owner"]["concepts"], rank_images, sizes.get("concepts"))
         terms["npc"] = losses.concept_loss(out["image"], c_all, owner_all, t, b, offset)
         terms["xac"] = losses.xattn_concept_loss(out["patch_tokens"], c_all, owner_all, t, b, offset,
                                                  cfg.xac_temperature, cfg.xac_chunk)
@@ -282,6 +301,7 @@ def check_config(cfg, world_size):
     check_choice("tgc_mask", cfg.tgc_mask, ("own", "official"))
     check_choice("device", cfg.device, ("auto", "cpu", "cuda"))
     check_choice("precision", cfg.precision, ("auto", "bf16", "fp32"))
+    check_choice("adamw", cfg.adamw, ("auto", "fused", "foreach"))
     if cfg.batch_size % world_size:
         raise UsageError(f"--batch_size={cfg.batch_size} is not divisible by the world size {world_size}; "
                          f"choose a multiple of {world_size}")
@@ -361,7 +381,10 @@ def uses_bf16(cfg, env):
 
 def train_step(batch, forward, teacher, cfg, env, report):
     """forward, loss and backward of one global batch -> (loss, terms, images on this rank)"""
-    rank_images = losses.gather_sizes(batch["images"].shape[0], env.device)
+    # every rank's images and texts per group, in one exchange: the gathers of the losses need them
+    batch["sizes"] = losses.gather_sizes({"images": batch["images"].shape[0],
+                                          **{k: v.shape[0] for k, v in batch["rows"].items()}}, env.device)
+    rank_images = batch["sizes"]["images"]
     report.add_skipped(batch["skipped"], cfg.batch_size - sum(rank_images))
     images = batch["images"].to(env.device, non_blocking=True)
     def to_device(group):

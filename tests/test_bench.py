@@ -96,6 +96,19 @@ def test_bench_train_alternates_losses():
     BT.print_table(out)
 
 
+def test_bench_train_bf16_fused_compiled_on_cpu():
+    # the GPU settings on the CPU: bf16 autocast, fused AdamW, compile (aot_eager: no C++ toolchain needed);
+    # the compile time is reported apart from the step times
+    out = BT.run(BT.BenchConfig(loss="siglip", batch=4, steps=2, warmup=1, memory=False, peak_size=256, bf16=True,
+                                fused=True, compile=True, compile_backend="aot_eager"))
+    check_result(out, "siglip", memory=False)
+    r = out["results"]["siglip"]
+    assert out["dtype"] == "bfloat16" and r["first_step_s"] > 0 and r["compile_s"] == r["first_step_s"] - r["step_s_median"]
+    plain = BT.run(BT.BenchConfig(loss="siglip", batch=4, steps=2, warmup=1, memory=False, peak_size=256))
+    assert plain["results"]["siglip"]["compile_s"] is None
+    BT.print_table(out)
+
+
 def test_bench_train_distinct_texts_both_ways():
     out = BT.run(BT.BenchConfig(loss="c2lip", batch=16, steps=2, warmup=1, memory=False, peak_size=256,
                                 texts="world", distinct="both"))
@@ -107,7 +120,7 @@ def test_bench_train_distinct_texts_both_ways():
 
 
 @pytest.mark.parametrize("args", [["--loss=clip"], ["--loss=siglip,siglip"], ["--compare=openclip"], ["--batch=0"],
-                                  ["--nope=1"], ["--bf16"], ["--distinct=both"], ["--texts=web"]])
+                                  ["--nope=1"], ["--distinct=both"], ["--texts=web"]])
 def test_bench_train_bad_input_is_one_line(args, capsys):
     with pytest.raises(SystemExit) as e:
         cli.run(BT.main, BT.BenchConfig, argv=args, prog="bench_train.py")
@@ -151,3 +164,25 @@ def test_bench_xac_bad_shapes():
     assert BX.parse_shapes("4x6x5x8,2x3x4x5") == [(4, 6, 5, 8), (2, 3, 4, 5)]
     with pytest.raises(cli.UsageError):
         BX.parse_shapes("4x6x5")
+
+# ----------------------------------------------------------------------------- bench_gpu
+
+
+def test_bench_gpu_dry_run_runs_every_stage(tmp_path):
+    # the GPU script's every stage at toy sizes on the CPU, so that it cannot rot before a GPU is at hand
+    res = run_script("bench_gpu.py", f"--out={tmp_path}", "--dry_run")
+    assert res.returncode == 0, res.stderr[-2000:]
+    results = json.load(open(tmp_path / "results.json"))
+    assert set(results["stages"]) == {"train_eager", "train_compiled", "xac", "xac_loop", "world"}
+    assert all(st["status"] == "ok" for st in results["stages"].values()), results["stages"]
+    compiled = results["stages"]["train_compiled"]["output"][-1]["results"]
+    assert set(compiled) == {"siglip", "c2lip", "degla"} and all(r["compile_s"] is not None for r in compiled.values())
+    assert {r["method"] for r in results["stages"]["xac"]["output"]} == {"closed", "chunked"}
+    assert set(results["world"]) == {"i2t_R@1", "t2i_R@1", "zeroshot_shape", "concept_binding"}
+    table = (tmp_path / "table.md").read_text()
+    assert "DRY RUN" in table and "| world, default run |" in table and "| c2lip |" in table
+
+
+def test_bench_gpu_without_a_gpu_is_one_line():
+    res = run_script("bench_gpu.py", "--out=/tmp/nowhere")
+    assert res.returncode == 2 and res.stderr.strip().startswith("error: ") and "\n" not in res.stderr.strip()

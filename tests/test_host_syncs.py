@@ -63,3 +63,44 @@ def test_one_host_sync_per_steady_step(loss, tmp_path, monkeypatch):
     assert [counter.counts[s] for s in (2, 3, 4)] == [1, 1, 1], dict(counter.counts)
     assert counter.counts[5] > 1  # the last step logs its terms: the counter does see those reads
     assert counter.optimizer_reads[3] > 0  # and AdamW's step counters were seen, and kept apart
+
+
+class _Patch:
+    """monkeypatch's setattr/undo for a spawned worker, which has no fixtures"""
+
+    def __init__(self):
+        self.saved = []
+
+    def setattr(self, obj, name, value):
+        self.saved.append((obj, name, getattr(obj, name)))
+        setattr(obj, name, value)
+
+
+def _ddp_worker(rank, world, port, loss, out):
+    import json
+    import os
+    import pathlib
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    counter = run_counted(loss, pathlib.Path(out), _Patch())
+    with open(os.path.join(out, f"counts{rank}.json"), "w") as f:
+        json.dump({str(s): counter.counts[s] for s in (2, 3, 4)}, f)
+
+
+@pytest.mark.parametrize("loss", ["siglip", "c2lip+degla"])
+def test_host_syncs_per_steady_step_under_ddp(loss, tmp_path):
+    # 2 gloo ranks running the real train.main: the agreed decision, plus one read of every rank's row counts
+    # per step (losses.gather_sizes, once for the whole step); README states the numbers
+    import json
+    import socket
+    import torch.multiprocessing as mp
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(2, port, loss, str(tmp_path)), nprocs=2, join=True)
+    for rank in (0, 1):
+        counts = json.load(open(tmp_path / f"counts{rank}.json"))
+        assert list(counts.values()) == [DDP_SYNCS[loss]] * 3, counts
+
+
+DDP_SYNCS = {"siglip": 2, "c2lip+degla": 2}  # the row counts, and the decision

@@ -1,0 +1,151 @@
+"""
+Everything the README's GPU rows need, in one run on one GPU (about 8 minutes), written to a folder as
+results.json and table.md:
+
+    python bench_gpu.py --out=gpu_results            # on a machine with one CUDA GPU
+    python bench_gpu.py --out=/tmp/dry --dry_run     # the same stages on the CPU at toy sizes (the tests run it)
+
+Stages, each its own subprocess with a time cap, so that a slow or failing stage is recorded and the rest
+still run:
+  1. train_eager, train_compiled: bench_train.py at B/16, 96 images, bf16, fused AdamW, the SigLIP, C2LIP and
+     DeGLA steps alternating (C2LIP with the world's concept repeat rate is not assumed: random concepts, every
+     one encoded), MFU against a bf16 matmul measured in the same run, peak memory; without and with
+     torch.compile (its compile time apart). The eager run also times OpenCLIP's ViT-B-16-SigLIP when
+     open_clip is installed.
+  2. xac: bench_xac.py at the official global shape (B = 768, N = 2,300, T = 196, d = 768, bf16), the closed
+     form and its chunked variant; then the official per-concept loop under its own time cap.
+  3. world: python train.py --device=cuda (the default run: tiny model, built-in world, 1,000 steps) and its
+     evaluation, next to the CPU run's numbers the README gives for the same command.
+A stage that runs past its cap is killed and recorded as such. --dry_run swaps every stage for a toy CPU
+version of the same command (tiny model, a few steps, small shapes, compile with the aot_eager backend).
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+from cli import UsageError, run
+
+
+@dataclass
+class GpuBenchConfig:
+    out: str = ""                 # folder for results.json and table.md (created)
+    dry_run: bool = False         # toy sizes on the CPU: checks every stage end to end without a GPU
+    python: str = sys.executable  # the interpreter the stages run with
+
+
+# the default run on our 2-core CPU (README, "Two commands"): what the GPU's world run is set beside
+CPU_WORLD = {"i2t_R@1": 57.9, "t2i_R@1": 61.2, "zeroshot_shape": 42.9, "concept_binding": 50.8}
+XAC_SHAPE = "768x2300x196x768"
+
+
+def stages(cfg):
+    """[(name, argv, seconds allowed)] for a GPU, or their toy CPU versions under --dry_run"""
+    world_dir = os.path.join(cfg.out, "world")
+    if cfg.dry_run:
+        bench = ["bench_train.py", "--model=tiny", "--batch=4", "--steps=2", "--warmup=1", "--loss=siglip,c2lip,degla",
+                 "--bf16", "--fused", "--peak_size=128", "--threads=1", "--json"]
+        return [("train_eager", bench + ["--memory=false"], 300),
+                ("train_compiled", bench + ["--memory=false", "--compile", "--compile_backend=aot_eager"], 300),
+                ("xac", ["bench_xac.py", "--shapes=8x20x16x32", "--methods=closed,chunked", "--reps=1", "--json"], 120),
+                ("xac_loop", ["bench_xac.py", "--shapes=8x20x16x32", "--methods=loop", "--reps=1", "--json"], 120),
+                ("world", ["train.py", "--steps=3", "--world_scenes=64", "--batch_size=16", "--eval_scenes=40",
+                           "--log_every=1", f"--out_dir={world_dir}", "--overwrite"], 300)]
+    bench = ["bench_train.py", "--model=B/16", "--batch=96", "--steps=10", "--warmup=2", "--loss=siglip,c2lip,degla",
+             "--device=cuda", "--bf16", "--fused", "--json"]
+    return [("train_eager", bench + ["--compare=openclip"], 150),
+            ("train_compiled", bench + ["--compile", "--warmup=1", "--memory=false"], 180),
+            ("xac", ["bench_xac.py", "--device=cuda", f"--shapes={XAC_SHAPE}", "--methods=closed,chunked", "--reps=3",
+                     "--json"], 60),
+            ("xac_loop", ["bench_xac.py", "--device=cuda", f"--shapes={XAC_SHAPE}", "--methods=loop", "--reps=1",
+                          "--json"], 45),
+            ("world", ["train.py", "--device=cuda", f"--out_dir={world_dir}", "--overwrite"], 120)]
+
+
+def run_stage(cfg, name, argv, cap):
+    """run one stage -> {"status": ok | failed | over the cap, "seconds", "output": its JSON lines, "tail"}"""
+    t0 = time.time()
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        res = subprocess.run([cfg.python, *argv], cwd=here, capture_output=True, text=True, timeout=cap)
+    except subprocess.TimeoutExpired:
+        return {"argv": argv, "status": f"over the {cap} s cap", "seconds": time.time() - t0, "output": []}
+    lines = [line for line in res.stdout.splitlines() if line.startswith("{")]
+    rec = {"argv": argv, "status": "ok" if res.returncode == 0 else f"failed (exit {res.returncode})",
+           "seconds": time.time() - t0, "output": [json.loads(line) for line in lines]}
+    if res.returncode != 0:
+        rec["tail"] = (res.stderr or res.stdout)[-2000:]
+    return rec
+
+
+def world_result(cfg):
+    path = os.path.join(cfg.out, "world", "eval.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        ev = json.load(f)
+    return {k: 100 * ev[k] for k in CPU_WORLD if k in ev}
+
+
+def table(results):
+    """the markdown the README's GPU rows come from"""
+    out = [f"bench_gpu | {results['device']} | {results['when']}{' | DRY RUN on the CPU' if results['dry_run'] else ''}",
+           "", "| stage | status | seconds |", "|---|---|---|"]
+    out += [f"| {k} | {v['status']} | {v['seconds']:.0f} |" for k, v in results["stages"].items()]
+    for name in ("train_eager", "train_compiled"):
+        st = results["stages"].get(name, {})
+        if not st.get("output"):
+            continue
+        b = st["output"][-1]
+        out += ["", f"**{name}** ({b['dtype']}, batch {b['config']['batch']}, {b['config']['model']}; peak "
+                f"{b['peak_flop_s'] / 1e12:.1f} TFLOP/s measured)", "",
+                "| step | ms median | img/s | MFU | peak memory | compile |", "|---|---|---|---|---|---|"]
+        for k, r in b["results"].items():
+            mem = f"{r['peak_mem_bytes'] / 2 ** 30:.1f} GiB" if r.get("peak_mem_bytes") else "-"
+            comp = f"{r['compile_s']:.0f} s" if r.get("compile_s") is not None else "-"
+            out.append(f"| {k} | {1000 * r['step_s_median']:.1f} | {r['img_s']:.0f} | {100 * r['mfu']:.1f}% | {mem} "
+                       f"| {comp} |")
+    xac = [r for name in ("xac", "xac_loop") for r in results["stages"].get(name, {}).get("output", [])]
+    if xac:
+        out += ["", "| L_xac B x N x T x d | method | ms median | peak MiB |", "|---|---|---|---|"]
+        out += [f"| {r['B']}x{r['N']}x{r['T']}x{r['d']} | {r['method']} | {r['ms_median']:.1f} | {r['peak_MiB']:.0f} |"
+                for r in xac]
+    if results.get("world"):
+        out += ["", "| world, default run | " + " | ".join(results["world"]) + " |",
+                "|---|" + "---|" * len(results["world"]),
+                "| this device | " + " | ".join(f"{v:.1f}" for v in results["world"].values()) + " |",
+                "| CPU (README) | " + " | ".join(f"{CPU_WORLD[k]:.1f}" for k in results["world"]) + " |"]
+    return "\n".join(out) + "\n"
+
+
+def main(cfg):
+    if not cfg.out:
+        raise UsageError("--out: name a folder for results.json and table.md, e.g. --out=gpu_results")
+    if not cfg.dry_run:
+        import torch
+        if not torch.cuda.is_available():
+            raise UsageError("no CUDA device is visible; run on a GPU machine, or --dry_run for the CPU check")
+        device = torch.cuda.get_device_name(0)
+    else:
+        device = "cpu (dry run)"
+    os.makedirs(cfg.out, exist_ok=True)
+    results = {"device": device, "dry_run": cfg.dry_run, "when": time.strftime("%Y-%m-%d %H:%M"), "stages": {}}
+    for name, argv, cap in stages(cfg):
+        print(f"bench_gpu: {name} (up to {cap} s) ...", flush=True)
+        results["stages"][name] = run_stage(cfg, name, argv, cap)
+        print(f"bench_gpu: {name} {results['stages'][name]['status']} in {results['stages'][name]['seconds']:.0f} s",
+              flush=True)
+    results["world"] = world_result(cfg)
+    with open(os.path.join(cfg.out, "results.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    md = table(results)
+    with open(os.path.join(cfg.out, "table.md"), "w") as f:
+        f.write(md)
+    print(md)
+
+
+if __name__ == "__main__":
+    run(main, GpuBenchConfig, doc=__doc__)
