@@ -10,6 +10,8 @@ Methods, on the same images and the same crops:
     box     full-size decode, then one bicubic resize of the crop region (resize's box; no crop copy)
     draft   box, plus Image.draft: libjpeg decodes at 1/2, 1/4 or 1/8 scale when the crop still covers the
             output size after it (shards.decode, what training from shards uses)
+    webdataset  the peer: webdataset's own reader, webdataset.WebDataset(urls).decode("pil"), streaming the same
+            shard, then naive's crop and resize (RGB conversion included, as naive's load does)
 The JPEGs are made here: noise at several scales, which compresses like a photo (about 4 bits/pixel at
 quality 90, as COCO's and CC3M's are). Rates are per CPU second of this process (user + system, file
 reads included), so other load on a shared machine does not count; the rounds alternate methods, and the
@@ -85,18 +87,35 @@ def pipelines(paths, index):
     }
 
 
+def webdataset_pipeline(tar):
+    """webdataset's reader and PIL decoder streaming the shard, then the same crop and resize as naive:
+    function(n, size) -> the first n images, in order"""
+    import webdataset as wds
+
+    def run(n, size):
+        ds = wds.WebDataset([tar], shardshuffle=False).decode("pil")
+        return [data.preprocess(sample["jpg"].convert("RGB"), size, train=True, rng=crop_rng(i))
+                for i, sample in zip(range(n), ds)]
+    return run
+
+
 def crop_rng(i):
     return random.Random(1000 + i)  # the same crop for every method
 
 
-def bench(fns, n, size, rounds):
-    """{name: [img/s of each round]}, methods alternating within each round"""
-    rates = {name: [] for name in fns}
+def bench(fns, n, size, rounds, streams=None):
+    """{name: [img/s of each round]}, methods alternating within each round; streams: {name: function(n, size)}
+    for pipelines that read the shard in order (webdataset) rather than one image at a time"""
+    streams = streams or {}
+    rates = {name: [] for name in [*fns, *streams]}
     for _ in range(rounds):
-        for name, fn in fns.items():
+        for name in rates:
             t0 = time.process_time()  # CPU time of this process: per core, and blind to other load on the machine
-            for i in range(n):
-                fn(i, size, crop_rng(i))
+            if name in streams:
+                streams[name](n, size)
+            else:
+                for i in range(n):
+                    fns[name](i, size, crop_rng(i))
             rates[name].append(n / (time.process_time() - t0))
     return rates
 
@@ -110,6 +129,15 @@ def tolerance(fns, n, size):
         out[method] = (max(d.max().item() for d in diffs), sum(d.mean().item() for d in diffs) / n)
     out["naive"] = (0.0, 0.0)
     return out
+
+
+def peer(root):
+    """{("shards", "webdataset"): function(n, size)}, or {} with one line when webdataset is not installed"""
+    try:
+        return {("shards", "webdataset"): webdataset_pipeline(os.path.join(root, "bench.tar"))}
+    except ImportError:
+        print("webdataset is not installed (pip install webdataset): its pipeline is not timed")
+        return {}
 
 
 @dataclass
@@ -133,21 +161,31 @@ def main(a):
         blobs = [photo(w, h, seed) for seed in range(a.n)]
         with tempfile.TemporaryDirectory() as root:
             paths, index = write_sources(root, blobs)
-            fns = pipelines(paths, index)
+            fns, streams = pipelines(paths, index), peer(root)
             for size in map(int, a.sizes.split(",")):
-                rates = bench(fns, a.n, size, a.rounds)
+                rates = bench(fns, a.n, size, a.rounds, streams)
                 tol = tolerance(fns, min(a.n, 16), size)
+                if streams:  # the same pixels as naive: both decode the full image, then crop and resize alike
+                    tol["webdataset"] = (max((x - fns[("shards", "naive")](i, size, crop_rng(i))).abs().max().item()
+                                             for i, x in enumerate(streams[("shards", "webdataset")](16, size))) * 127.5,
+                                         0.0)
                 for (source, method), r in rates.items():
                     med, best = statistics.median(r), max(r)
                     base = statistics.median(rates[(source, "naive")])
                     row = dict(image=spec, size=size, source=source, method=method, img_s_median=med, img_s_best=best,
                                speedup=med / base, max_diff=tol[method][0], mean_diff=tol[method][1],
                                kb_per_image=sum(map(len, blobs)) / len(blobs) / 1024)
+                    if (source, method) == ("shards", "draft") and ("shards", "webdataset") in rates:  # against the peer
+                        row["vs_webdataset"] = med / statistics.median(rates[("shards", "webdataset")])
                     rows.append(row)
                     print(f"{spec:>9} {size:>4} {source:>6} {method:>6} {med:>7.0f} ({best:>4.0f}) {med / base:>7.2f}x "
                           f"{row['max_diff']:>8.1f} {row['mean_diff']:>9.2f}")
     print(f"\nmean JPEG size: " + ", ".join(f"{s} {statistics.mean(r['kb_per_image'] for r in rows if r['image'] == s):.0f} kB"
                                          for s in a.images.split(",")))
+    for r in rows:
+        if "vs_webdataset" in r:
+            print(f"ours (shards draft) / webdataset: {r['vs_webdataset']:.2f}x at {r['image']} -> {r['size']} px "
+                  f"(median img/s per CPU-second)")
     gpu = {int(k): float(v) for k, v in (kv.split(":") for kv in a.gpu_img_s.split(","))}
     print("workers per GPU = ASSUMED GPU rate (not measured here) / shard 'draft' rate per core (median); "
           "collation and transfer in the main process not included")

@@ -356,3 +356,26 @@ def test_draft_decode_within_tolerance_of_full_decode(w, h, size):
         assert diff.mean() <= 3.0 and diff.max() <= 40, (seed, diff.mean().item(), diff.max().item())
         exact = shards.decode(blob, size, train=True, rng=random.Random(seed), draft=False)
         assert ((exact - ref).abs() * 127.5).mean() <= 1.0  # full decode: only the crop's border pixels differ
+
+
+def test_bench_data_times_webdataset_on_equal_work(tmp_path):
+    # the peer pipeline in bench_data: webdataset streaming the same shard gives naive's pixels for the same
+    # crops (so the timing compares equal work), and the benchmark reports ours / webdataset
+    pytest.importorskip("webdataset")
+    import bench_data
+    blobs = [photo(64, 48, seed) for seed in range(4)]
+    paths, index = bench_data.write_sources(str(tmp_path), blobs)
+    fns, streams = bench_data.pipelines(paths, index), bench_data.peer(str(tmp_path))
+    got = streams[("shards", "webdataset")](4, 32)
+    assert len(got) == 4
+    for i, x in enumerate(got):
+        assert torch.equal(x, fns[("shards", "naive")](i, 32, bench_data.crop_rng(i)))
+    rates = bench_data.bench(fns, 4, 32, 1, streams)
+    assert set(rates) == set(fns) | {("shards", "webdataset")} and all(r[0] > 0 for r in rates.values())
+    out = tmp_path / "rows.json"
+    res = subprocess.run([sys.executable, "bench_data.py", "--images=64x48", "--sizes=32", "--n=4", "--rounds=1",
+                          f"--json={out}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    rows = json.load(open(out))
+    assert [r["vs_webdataset"] > 0 for r in rows if "vs_webdataset" in r] == [True]
+    assert "ours (shards draft) / webdataset" in res.stdout
