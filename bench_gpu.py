@@ -35,6 +35,8 @@ class GpuBenchConfig:
     out: str = ""                 # folder for results.json and table.md (created)
     dry_run: bool = False         # toy sizes on the CPU: checks every stage end to end without a GPU
     python: str = sys.executable  # the interpreter the stages run with
+    predict_memory: str = ""      # no GPU needed: predict the peak memory of a B/16 step at these images per GPU
+                                  # (e.g. 96) from saved-tensor bytes measured on the CPU at 1, 2 and 4 images
 
 
 # the default run on our 2-core CPU (README, "Two commands"): what the GPU's world run is set beside
@@ -121,7 +123,50 @@ def table(results):
     return "\n".join(out) + "\n"
 
 
+def batch_bytes(cfg, loss, images, concepts=3, negatives=4):
+    """bytes of bench_train's synthetic batch: fp32 images, int64 token ids, rows and owners"""
+    texts = images * (1 + concepts * (loss == "c2lip") + negatives * (loss == "degla"))
+    return 4 * images * 3 * cfg.image_size ** 2 + 8 * texts * (cfg.context_length + 2)
+
+
+def predict_memory(images, model="B/16", sizes=(1, 2, 4)):
+    """{loss: {...}}: the bytes a step keeps for its backward under bf16 autocast (measured on the CPU at `sizes`
+    images, fitted by a quadratic in the batch: the concept losses hold batch x concepts matrices), extrapolated
+    to `images`, plus the resident state (fp32 weights, AdamW's two moments, the teacher, the batch); the
+    backward's transients and the gradients, which grow as activations are freed, are not added"""
+    import numpy as np
+    import torch
+    import bench_train as BT
+    torch.set_num_threads(1)
+    cfg, out = BT.model_config(model), {}
+    for loss in BT.LOSSES:
+        measured = [BT.activation_bytes(cfg, BT.BenchConfig(model=model, loss=loss, batch=b, bf16=True),
+                                        torch.device("cpu")) for b in sizes]
+        saved = [m[0] for m in measured]
+        fit = np.polyfit(sizes, saved, 2)
+        resident = measured[0][1] + batch_bytes(cfg, loss, images) - batch_bytes(cfg, loss, sizes[0])
+        out[loss] = {"saved_bytes_measured": dict(zip(sizes, saved)), "saved_bytes_predicted": float(np.polyval(fit, images)),
+                     "resident_bytes": resident, "images": images}
+        out[loss]["peak_bytes_predicted"] = out[loss]["saved_bytes_predicted"] + resident
+    return out
+
+
 def main(cfg):
+    if cfg.predict_memory:
+        images = int(cfg.predict_memory)
+        pred = predict_memory(images)
+        print(f"PREDICTION (no GPU): B/16 step at {images} images, bf16 autocast; saved-for-backward bytes measured on "
+              f"the CPU at 1, 2, 4 images, quadratic fit; + fp32 weights, AdamW moments, teacher, batch")
+        for loss, p in pred.items():
+            print(f"{loss:7s} activations {p['saved_bytes_predicted'] / 2 ** 30:6.1f} GiB + resident "
+                  f"{p['resident_bytes'] / 2 ** 30:4.1f} GiB = {p['peak_bytes_predicted'] / 2 ** 30:6.1f} GiB "
+                  f"(measured at 1/2/4: " + "/".join(f"{v / 2 ** 20:.0f}" for v in p["saved_bytes_measured"].values())
+                  + " MiB)")
+        if cfg.out:
+            os.makedirs(cfg.out, exist_ok=True)
+            with open(os.path.join(cfg.out, "memory_prediction.json"), "w") as f:
+                json.dump(pred, f, indent=1)
+        return
     if not cfg.out:
         raise UsageError("--out: name a folder for results.json and table.md, e.g. --out=gpu_results")
     if not cfg.dry_run:

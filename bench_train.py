@@ -275,6 +275,26 @@ def resident_bytes(model, teacher, opt, batch):
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
+def activation_bytes(cfg, bcfg, device):
+    """(bytes the step's forward keeps for its backward, resident bytes): autograd's saved tensors, each storage
+    once, parameters left out (they are resident anyway), from one step of build_ours; and what lives across
+    steps after it (parameters, AdamW state, teacher, batch). Their sum, plus the backward's transients, is the
+    step's peak: a device-free way to predict a GPU's memory (bench_gpu.py --predict_memory)."""
+    step, state = build_ours(cfg, bcfg, device)
+    params = {p.untyped_storage().data_ptr() for m in state[:2] if m is not None for p in m.parameters()}
+    saved = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        step()
+    return sum(saved.values()), resident_bytes(*state)
+
+
 def cuda_peak_bytes(step, state):
     """one step's allocator peak above its start, plus the resident state: what this model alone needs"""
     torch.cuda.synchronize()

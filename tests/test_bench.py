@@ -186,3 +186,20 @@ def test_bench_gpu_dry_run_runs_every_stage(tmp_path):
 def test_bench_gpu_without_a_gpu_is_one_line():
     res = run_script("bench_gpu.py", "--out=/tmp/nowhere")
     assert res.returncode == 2 and res.stderr.strip().startswith("error: ") and "\n" not in res.stderr.strip()
+
+
+def test_memory_prediction_from_saved_tensors():
+    # saved-for-backward bytes grow with the batch, exceed what the image blocks must keep (their inputs), and
+    # the quadratic fit through the measured batches returns a measured batch's bytes
+    cfg = BT.model_config("tiny")
+    saved = [BT.activation_bytes(cfg, BT.BenchConfig(loss="siglip", batch=b), CPU)[0] for b in (2, 4)]
+    T = (cfg.image_size // cfg.patch_size) ** 2
+    assert saved[1] > saved[0] > 2 * T * cfg.width * 4 * cfg.depth
+    import bench_gpu
+    pred = bench_gpu.predict_memory(4, model="tiny")
+    for loss, p in pred.items():
+        assert p["saved_bytes_predicted"] == pytest.approx(p["saved_bytes_measured"][4], rel=1e-6)
+        assert p["peak_bytes_predicted"] > p["resident_bytes"] > 3 * 4 * BT.DualEncoder(cfg).num_params()  # w, m, v
+    assert pred["c2lip"]["saved_bytes_measured"][4] > pred["siglip"]["saved_bytes_measured"][4]
+    # bf16 saves half-size matmul inputs but also autocast's bf16 copies of the weights: not far below fp32
+    assert pred["siglip"]["saved_bytes_measured"][4] > 0.5 * saved[1]
