@@ -157,7 +157,9 @@ def test_loop_baselines_compute_the_closed_form(loop):
 def test_bench_xac_runs_every_method(method):
     r = BX.run_one(4, 6, 5, 8, method, "cpu", torch.float32, chunk=2, reps=2)
     assert (r["B"], r["N"], r["T"], r["d"], r["method"]) == (4, 6, 5, 8, method)
-    assert 0 < r["ms_min"] <= r["ms_median"] and r["peak_MiB"] >= 0
+    # the kernel's resident-set counters are batched per thread (up to 64 pages stale), so a peak that did not
+    # grow can read a fraction of a MiB below zero on a busy machine
+    assert 0 < r["ms_min"] <= r["ms_median"] and r["peak_MiB"] > -1
 
 
 def test_bench_xac_bad_shapes():
