@@ -133,17 +133,18 @@ def world_info():
 
 
 def gather_sizes(n, device):
-    """every rank's count of rows, as a list of ints; n a dict {name: count} -> {name: list}, all names in one
-    all_gather and one read on the host (the step's only one besides the finite/stop decision)"""
+    """every rank's row counts: n a dict {name: count} -> {name: [count of each rank]}, all names in one
+    all_gather and one read on the host (a step's only one besides the finite/stop decision); n an int -> list"""
+    if not isinstance(n, dict):
+        return gather_sizes({"rows": n}, device)["rows"]
     rank, world = world_info()
-    names = list(n) if isinstance(n, dict) else None
     if world == 1:
-        return {k: [n[k]] for k in names} if names else [n]
-    t = torch.tensor([n[k] for k in names] if names else [n], device=device)
+        return {k: [v] for k, v in n.items()}
+    t = torch.tensor(list(n.values()), device=device)
     out = [torch.zeros_like(t) for _ in range(world)]
     dist.all_gather(out, t)
     per_rank = torch.stack(out).tolist()  # (world, names)
-    return {k: [r[i] for r in per_rank] for i, k in enumerate(names)} if names else [r[0] for r in per_rank]
+    return {k: [r[i] for r in per_rank] for i, k in enumerate(n)}
 
 
 def _gather_padded(x, sizes):
