@@ -1,6 +1,6 @@
 """
-The machinery around the training loop, apart from the learning code in train.py: where the process runs
-(Env, setup_distributed), the out_dir claim, fresh/--init/--resume starts, stop signals and preemption, the
+The machinery around the training loop, apart from the learning code in train.py: the checks of its flags
+(check_config), where the process runs (Env, setup_distributed), the out_dir claim, fresh/--init/--resume starts, stop signals and preemption, the
 one agreed decision per step, checkpoint saves that every rank agrees on, the bad-data report, the logger,
 and the errors these raise (METHOD.md §9). Nothing here changes what is learned.
 """
@@ -18,8 +18,10 @@ import torch.distributed as dist
 
 import data
 import losses
+import shards
+import world
 from checkpoint import SaveFailed, checkpoint_dict, find_resumable, history_files, load_checkpoint, save_to_history
-from cli import Stopped, UsageError
+from cli import MissingFileError, Stopped, UsageError, check_choice
 from model import PRESETS, ModelConfig, model_config
 
 RESUME_KEYS = ("data", "model", "image_size", "loss", "batch_size", "seed", "world_scenes", "world_seed", "min_objects",
@@ -193,6 +195,37 @@ class Env:
     @property
     def master(self):
         return self.rank == 0
+
+
+def check_config(cfg, world_size, loss_names):
+    """the mistakes a train.py flag can make, found before anything is loaded"""
+    check_choice("loss", cfg.loss, loss_names)
+    check_choice("world_split", cfg.world_split, world.WORLD_SPLITS)
+    check_choice("bad_data", cfg.bad_data, ("skip", "error"))
+    check_choice("nonfinite", cfg.nonfinite, ("stop", "skip"))
+    check_choice("tgc_mask", cfg.tgc_mask, ("own", "official"))
+    check_choice("device", cfg.device, ("auto", "cpu", "cuda"))
+    check_choice("precision", cfg.precision, ("auto", "bf16", "fp32"))
+    check_choice("adamw", cfg.adamw, ("auto", "fused", "foreach"))
+    if cfg.batch_size % world_size:
+        raise UsageError(f"--batch_size={cfg.batch_size} is not divisible by the world size {world_size}; "
+                         f"choose a multiple of {world_size}")
+    for name in ("init", "concepts", "negatives") + (("data",) if cfg.data != "world" and not shards.is_shards(cfg.data) else ()):
+        path = getattr(cfg, name)
+        if path and not os.path.exists(path):
+            raise MissingFileError(f"--{name}={path}: no such file")
+    if cfg.resampled and cfg.samples_per_epoch <= 0:
+        raise UsageError("--resampled draws shards with replacement and needs --samples_per_epoch (e.g. the data's size)")
+    if cfg.samples_per_epoch and not cfg.resampled:
+        raise UsageError("--samples_per_epoch sets the length of a --resampled epoch; add --resampled or drop it")
+    if cfg.resume and cfg.overwrite:
+        raise UsageError("--resume and --overwrite contradict each other; pick one")
+    if cfg.keep_ckpts < 1 or cfg.ckpt_every < 1:
+        raise UsageError(f"--keep_ckpts={cfg.keep_ckpts} --ckpt_every={cfg.ckpt_every}: both must be at least 1")
+    if cfg.preempt_signal and (not isinstance(getattr(signal, cfg.preempt_signal, None), signal.Signals)
+                               or cfg.preempt_signal in ("SIGKILL", "SIGSTOP")):
+        raise UsageError(f"--preempt_signal={cfg.preempt_signal}: not a signal a process can catch; use e.g. SIGUSR1, "
+                         f"or \"\" for SIGTERM only")
 
 
 def setup_distributed(cfg):

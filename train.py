@@ -21,7 +21,6 @@ import copy
 import math
 import os
 import random
-import signal
 import time
 from dataclasses import dataclass
 
@@ -37,7 +36,7 @@ import shards
 import world
 from checkpoint import save_checkpoint, load_checkpoint, model_from_checkpoint  # noqa: F401 (re-exported)
 import cli
-from cli import MissingFileError, UsageError, check_choice, run
+from cli import UsageError, run
 from model import DualEncoder, WordTokenizer, tokenizer_from_state_dict
 
 # -----------------------------------------------------------------------------
@@ -292,37 +291,6 @@ def build_data(cfg, mcfg, log=print, tokenizer=None):
 # the steps of main
 
 
-def check_config(cfg, world_size):
-    """the mistakes a flag can make, found before anything is loaded"""
-    check_choice("loss", cfg.loss, LOSSES)
-    check_choice("world_split", cfg.world_split, world.WORLD_SPLITS)
-    check_choice("bad_data", cfg.bad_data, ("skip", "error"))
-    check_choice("nonfinite", cfg.nonfinite, ("stop", "skip"))
-    check_choice("tgc_mask", cfg.tgc_mask, ("own", "official"))
-    check_choice("device", cfg.device, ("auto", "cpu", "cuda"))
-    check_choice("precision", cfg.precision, ("auto", "bf16", "fp32"))
-    check_choice("adamw", cfg.adamw, ("auto", "fused", "foreach"))
-    if cfg.batch_size % world_size:
-        raise UsageError(f"--batch_size={cfg.batch_size} is not divisible by the world size {world_size}; "
-                         f"choose a multiple of {world_size}")
-    for name in ("init", "concepts", "negatives") + (("data",) if cfg.data != "world" and not shards.is_shards(cfg.data) else ()):
-        path = getattr(cfg, name)
-        if path and not os.path.exists(path):
-            raise MissingFileError(f"--{name}={path}: no such file")
-    if cfg.resampled and cfg.samples_per_epoch <= 0:
-        raise UsageError("--resampled draws shards with replacement and needs --samples_per_epoch (e.g. the data's size)")
-    if cfg.samples_per_epoch and not cfg.resampled:
-        raise UsageError("--samples_per_epoch sets the length of a --resampled epoch; add --resampled or drop it")
-    if cfg.resume and cfg.overwrite:
-        raise UsageError("--resume and --overwrite contradict each other; pick one")
-    if cfg.keep_ckpts < 1 or cfg.ckpt_every < 1:
-        raise UsageError(f"--keep_ckpts={cfg.keep_ckpts} --ckpt_every={cfg.ckpt_every}: both must be at least 1")
-    if cfg.preempt_signal and (not isinstance(getattr(signal, cfg.preempt_signal, None), signal.Signals)
-                               or cfg.preempt_signal in ("SIGKILL", "SIGSTOP")):
-        raise UsageError(f"--preempt_signal={cfg.preempt_signal}: not a signal a process can catch; use e.g. SIGUSR1, "
-                         f"or \"\" for SIGTERM only")
-
-
 def build_model(cfg, mcfg, tokenizer, resume_ckpt, init_ckpt, device, log):
     """(student, EMA teacher or None) on device, with the checkpoint's weights where there is one"""
     mcfg.vocab_size = tokenizer.vocab_size
@@ -470,7 +438,7 @@ def main(cfg):
     cfg.out_dir = cfg.out_dir or os.path.join("runs", cfg.loss)
     env = runtime.setup_distributed(cfg)
     log = print if env.master else (lambda *a, **k: None)
-    check_config(cfg, env.world)
+    runtime.check_config(cfg, env.world, LOSSES)
     runtime.claim_out_dir(cfg, env)
     resume_ckpt, init_ckpt, mcfg = runtime.load_start(cfg, log)
     random.seed(cfg.seed)

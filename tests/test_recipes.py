@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+import runtime
 import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,7 +33,7 @@ def test_every_recipe_is_a_valid_config(path):
     cfg = load(path)
     assert cfg.config == path
     # the papers' recipes name weights and caches the user makes first; everything else must pass the checks
-    train.check_config(dataclasses.replace(cfg, init="", concepts="", negatives=""), world_size=8)
+    runtime.check_config(dataclasses.replace(cfg, init="", concepts="", negatives=""), 8, train.LOSSES)
 
 
 def test_paper_recipes():
