@@ -99,6 +99,7 @@ class Config:
     beta2: float = 0.98
     eps: float = 1e-6
     adamw: str = "auto"              # auto (fused on CUDA, foreach elsewhere) | fused | foreach: AdamW's implementation
+    grad_clip: float = 0.0           # clip the global gradient norm to this before each update (0 = off)
     max_logit_scale: float = math.log(100.0)  # clamp after every step (both official codes)
     # system
     device: str = "auto"             # auto | cpu | cuda
@@ -372,7 +373,9 @@ def train_step(batch, forward, teacher, cfg, env, report):
 
 
 def finish_step(model, teacher, optimizer, cfg):
-    """the update after a finite backward: AdamW, the logit clamp, then the EMA teacher"""
+    """the update after a finite backward: the optional norm clip, AdamW, the logit clamp, then the EMA teacher"""
+    if cfg.grad_clip > 0:  # on the all-reduced gradients, so every rank clips alike; no host sync
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip, foreach=True)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     with torch.no_grad():
