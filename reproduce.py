@@ -19,6 +19,8 @@ Parts (--parts, comma-separated):
   compositional  from scratch, SigLIP, C2LIP, DeGLA and C2LIP+DeGLA on the compositional split with relation
                  captions (--world_split=compositional --relations), every test on seen and unseen compositions;
                  results_compositional.md / .json
+  default        `python train.py` (the default recipe) over --default_seeds, as train.py subprocesses, --jobs at
+                 once; each run folder keeps timing.json (wall and CPU seconds); results_default.md / .json
   finetune       C2LIP fine-tuned from the pretrained model under other learning rates, step counts and loss
                  weights, each beside a SigLIP control of the same budget; results_finetune.md / .json
 
@@ -29,6 +31,7 @@ interrupted reproduction continues where it stopped.
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, asdict
@@ -40,6 +43,9 @@ import figures
 import train
 from checkpoint import load_checkpoint, model_from_checkpoint
 import cli
+
+
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 @dataclass
@@ -64,6 +70,9 @@ class Settings:
     scratch_seeds: str = "0,1,2"      # compositional: seeds of every loss
     study_seeds: str = "0,1,2"        # finetune: seeds of every setting
     study_settings: int = 0           # finetune: run and tabulate only the first n settings of STUDY (0 = all)
+    default_seeds: str = "0,1,2,3,4"  # default: seeds of `python train.py`
+    default_args: str = ""            # default: extra train.py flags for every run (e.g. "--steps=100")
+    jobs: int = 0                     # trainings at once in the default part (0 = CPU cores // threads)
     train: bool = True                # false: train nothing, tabulate the finished runs (compositional, finetune)
 
 
@@ -255,6 +264,57 @@ def finetune_study(s, common, pre_ckpt):
     write(s, "results_finetune", results, md + footer(t0))
 
 
+def run_jobs(runs, jobs):
+    """[(out_dir, argv)] as train.py subprocesses, `jobs` at once; each out_dir gets train.log and timing.json"""
+    pending, running = list(runs), {}
+    while pending or running:
+        while pending and len(running) < jobs:
+            out_dir, argv = pending.pop(0)
+            os.makedirs(out_dir, exist_ok=True)
+            log = open(os.path.join(out_dir, "train.log"), "w")
+            print(f"== python {' '.join(argv[1:])}")
+            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+            running[proc.pid] = (out_dir, log, time.time())
+        pid, status, usage = os.wait4(-1, 0)  # per child: its own CPU time, even with others still running
+        if pid not in running:
+            continue
+        out_dir, log, t0 = running.pop(pid)
+        log.close()
+        timing = {"wall_s": time.time() - t0, "cpu_s": usage.ru_utime + usage.ru_stime,
+                  "started": t0, "ended": time.time(), "returncode": os.waitstatus_to_exitcode(status)}
+        with open(os.path.join(out_dir, "timing.json"), "w") as f:
+            json.dump(timing, f, indent=2)
+        if timing["returncode"] != 0:
+            print(f"{out_dir}: train.py exited {timing['returncode']}; see {out_dir}/train.log")
+
+
+def default_runs(s):
+    """`python train.py` over seeds (train.py's own recipe and evaluation); results_default.md / .json"""
+    t0 = time.time()
+    seeds = [int(x) for x in s.default_seeds.split(",")]
+    dirs = {seed: os.path.join(s.out_dir, f"default_s{seed}") for seed in seeds}
+    done = lambda d: os.path.exists(os.path.join(d, "eval.json")) and os.path.exists(os.path.join(d, "timing.json"))
+    todo = [(d, [sys.executable, os.path.join(HERE, "train.py"), f"--seed={seed}", f"--threads={s.threads}", f"--out_dir={d}",
+                 "--overwrite=true"] + s.default_args.split()) for seed, d in dirs.items() if not done(d)]
+    if s.train and todo:
+        run_jobs(todo, s.jobs or max(1, (os.cpu_count() or 1) // max(1, s.threads)))
+    finished_ = [seed for seed, d in dirs.items() if done(d)]
+    per_seed, timing = [], {}
+    for seed in finished_:
+        with open(os.path.join(dirs[seed], "eval.json")) as f:
+            per_seed.append(json.load(f))
+        with open(os.path.join(dirs[seed], "timing.json")) as f:
+            timing[seed] = json.load(f)
+    name = "python train.py" + (f" {s.default_args}" if s.default_args else "")
+    md = "## The default run\n\n" + table([(name, per_seed)] if per_seed else [], finished_, what="seeds")
+    md += "\n\n| seed | wall | CPU |\n|---|---|---|\n" + "".join(
+        f"| {seed} | {t['wall_s'] / 60:.1f} min | {t['cpu_s'] / 60:.1f} min |\n" for seed, t in timing.items())
+    if len(finished_) < len(seeds):
+        md += f"\nNot finished: seeds {sorted(set(seeds) - set(finished_))}.\n"
+    write(s, "results_default", {"settings": asdict(s), "seeds": finished_, "metrics": per_seed, "timing": timing},
+          md + footer(t0))
+
+
 def main(s):
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise cli.UsageError("reproduce.py runs its trainings one after another in one process; to scale up, run the "
@@ -262,9 +322,14 @@ def main(s):
     if s.threads:
         torch.set_num_threads(s.threads)
     parts = s.parts.split(",")
-    unknown = [p for p in parts if p not in ("papers", "compositional", "finetune")]
+    unknown = [p for p in parts if p not in ("papers", "compositional", "finetune", "default")]
     if unknown:
-        raise cli.UsageError(f"--parts: unknown {', '.join(unknown)}; use papers, compositional and/or finetune")
+        raise cli.UsageError(f"--parts: unknown {', '.join(unknown)}; use papers, compositional, finetune and/or default")
+    if "default" in parts:
+        default_runs(s)
+        parts = [p for p in parts if p != "default"]
+        if not parts:
+            return
     seeds = [int(x) for x in s.seeds.split(",")]
     size = {"model": s.model, **({"image_size": s.image_size} if s.image_size else {})}
     common = dict(batch_size=s.batch_size, world_scenes=s.world_scenes, threads=s.threads, eval=False, log_every=50, ckpt_every=100, **size)
