@@ -306,7 +306,9 @@ def default_runs(s):
         with open(os.path.join(dirs[seed], "timing.json")) as f:
             timing[seed] = json.load(f)
     name = "python train.py" + (f" {s.default_args}" if s.default_args else "")
-    md = "## The default run\n\n" + table([(name, per_seed)] if per_seed else [], finished_, what="seeds")
+    rows = [(f"seed {seed}", [m]) for seed, m in zip(finished_, per_seed)] + ([(f"{name}: mean ± std", per_seed)]
+                                                                              if len(per_seed) > 1 else [])
+    md = "## The default run\n\n" + table(rows, finished_, what="seeds")
     md += "\n\n| seed | wall | CPU |\n|---|---|---|\n" + "".join(
         f"| {seed} | {t['wall_s'] / 60:.1f} min | {t['cpu_s'] / 60:.1f} min |\n" for seed, t in timing.items())
     if len(finished_) < len(seeds):
