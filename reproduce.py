@@ -11,21 +11,26 @@ path as the public benchmarks); mean and std over seeds go to a JSON and a markd
     python reproduce.py                                # tiny model: 3 seeds, ablations on seed 0
     python reproduce.py --seeds=0 --ablations=false    # the main table for one seed only
     python reproduce.py --model=S/16 --image_size=64   # larger (single process; the runs are train.main calls)
+    python reproduce.py --parts=default,scratch        # python train.py over 5 seeds; every loss from scratch, 3 seeds
     python reproduce.py --parts=compositional          # beyond the papers: from scratch on the compositional world
     python reproduce.py --parts=finetune               # the fine-tuning study: why C2LIP costs retrieval here
 
 Parts (--parts, comma-separated):
   papers         the protocol above; results.md / results.json
+  default        `python train.py` (the default recipe) over --default_seeds; results_default.md / .json
+  scratch        from scratch, each loss's default run (SigLIP, C2LIP at L_xac weight 0.01 and 1.0, DeGLA with and
+                 without TGC and distillation, C2LIP+DeGLA) over --scratch_seeds; results_scratch.md / .json
   compositional  from scratch, SigLIP, C2LIP, DeGLA and C2LIP+DeGLA on the compositional split with relation
-                 captions (--world_split=compositional --relations), every test on seen and unseen compositions;
-                 results_compositional.md / .json
-  default        `python train.py` (the default recipe) over --default_seeds, as train.py subprocesses, --jobs at
-                 once; each run folder keeps timing.json (wall and CPU seconds); results_default.md / .json
+                 captions (--world_split=compositional --relations) over --scratch_seeds, every test on seen and
+                 unseen compositions; results_compositional.md / .json
+  The default, scratch and compositional runs are train.py subprocesses (its own recipe and end-of-run
+  evaluation), --jobs at once (default: CPU cores // --threads); each run folder keeps train.log, eval.json and
+  timing.json (wall and CPU seconds), and the tables list both for every run.
   finetune       C2LIP fine-tuned from the pretrained model under other learning rates, step counts and loss
                  weights, each beside a SigLIP control of the same budget; results_finetune.md / .json
 
-Runs that already finished (a checkpoint at the final step in their folder) are not repeated, so an
-interrupted reproduction continues where it stopped.
+Runs that already finished (a checkpoint at the final step, or for the subprocess parts eval.json and
+timing.json, in their folder) are not repeated, so an interrupted reproduction continues where it stopped.
 """
 
 import json
@@ -65,15 +70,15 @@ class Settings:
     ablations: bool = True
     ablation_seeds: str = "0"         # seeds for the ablation runs (each costs as much as a main run)
     threads: int = 1                  # torch CPU threads per run (0 = torch's default; 1 keeps results exact)
-    parts: str = "papers"             # papers, compositional, finetune (comma-separated)
-    scratch_steps: int = 1000         # compositional: training steps of each from-scratch run
-    scratch_seeds: str = "0,1,2"      # compositional: seeds of every loss
+    parts: str = "papers"             # papers, default, scratch, compositional, finetune (comma-separated)
+    scratch_steps: int = 1000         # scratch, compositional: training steps of each run
+    scratch_seeds: str = "0,1,2"      # scratch, compositional: seeds of every loss
     study_seeds: str = "0,1,2"        # finetune: seeds of every setting
     study_settings: int = 0           # finetune: run and tabulate only the first n settings of STUDY (0 = all)
     default_seeds: str = "0,1,2,3,4"  # default: seeds of `python train.py`
     default_args: str = ""            # default: extra train.py flags for every run (e.g. "--steps=100")
-    jobs: int = 0                     # trainings at once in the default part (0 = CPU cores // threads)
-    train: bool = True                # false: train nothing, tabulate the finished runs (compositional, finetune)
+    jobs: int = 0                     # trainings at once in the default, scratch and compositional parts (0 = cores // threads)
+    train: bool = True                # false: train nothing, tabulate the finished runs (all but papers)
 
 
 # (name, loss, overrides); the first three are the main table
@@ -90,8 +95,17 @@ ABLATIONS = [
     ("DeGLA: no IGC", "degla", {"igc_weight": 0.0}),
     ("DeGLA: no TGC", "degla", {"tgc_weight": 0.0}),
 ]
-# the compositional world, from scratch: (name, loss)
-SCRATCH = [("SigLIP", "siglip"), ("C2LIP", "c2lip"), ("DeGLA", "degla"), ("C2LIP+DeGLA", "c2lip+degla")]
+# from scratch, train.py's own recipe and evaluation, one subprocess per run: (name, train.py flags)
+SCRATCH_ROWS = [
+    ("SigLIP", ""),
+    ("C2LIP (L_xac weight 0.01)", "--loss=c2lip"),
+    ("C2LIP (L_xac weight 1.0)", "--loss=c2lip --xac_weight=1.0"),
+    ("DeGLA", "--loss=degla"),
+    ("DeGLA without TGC and distillation", "--loss=degla --tgc_weight=0 --distill_weight=0"),
+    ("C2LIP+DeGLA", "--loss=c2lip+degla"),
+]
+COMPOSITIONAL_ROWS = [("SigLIP", ""), ("C2LIP", "--loss=c2lip"), ("DeGLA", "--loss=degla"), ("C2LIP+DeGLA", "--loss=c2lip+degla")]
+COMPOSITIONAL_FLAGS = "--world_split=compositional --relations"
 # the fine-tuning study: (name, loss, overrides of the fine-tune); a control with the same lr and steps goes with
 # each budget, so every C2LIP row has a like-for-like SigLIP row
 STUDY = [  # run in this order, setting by setting; the two plain rows are the papers part's main rows (same folders)
@@ -217,30 +231,6 @@ def footer(t0):
             f"(torch {torch.__version__}, {torch.get_num_threads()} threads).\n")
 
 
-def compositional(s, common):
-    """from scratch on the compositional split with relation captions; seen and unseen tables"""
-    t0 = time.time()
-    seeds = [int(x) for x in s.scratch_seeds.split(",")]
-    world = dict(world_split="compositional", relations=True)
-    walls, runs = {}, {name: [] for name, _ in SCRATCH}
-    for seed in seeds:  # seed by seed: an interrupted reproduction has every loss on the first seeds
-        for name, loss in SCRATCH:
-            cfg = train.Config(out_dir=os.path.join(s.out_dir, f"compositional_{slug(name)}_s{seed}"), loss=loss,
-                               steps=s.scratch_steps, lr=s.pretrain_lr, seed=seed, **world, **common)
-            walls[f"{name} s{seed}"] = run(cfg, s.train)
-            runs[name].append((cfg.out_dir, cfg.steps))
-    if int(os.environ.get("RANK", "0")) != 0:
-        return
-    rows = scores(runs, s)
-    what = f"seeds (from scratch, {s.scratch_steps} steps)"
-    md = ""
-    for part in ("seen", "unseen"):
-        cols = [(f"{part}/{k}", h) for k, h in SPLIT_COLUMNS]
-        md += f"## {part.capitalize()} compositions\n\n" + table(list(rows.items()), seeds, cols, what) + "\n\n"
-    results = {"settings": asdict(s), "variants": rows, "wall_s": walls}
-    write(s, "results_compositional", results, md.rstrip() + footer(t0))
-
-
 def finetune_study(s, common, pre_ckpt):
     """C2LIP fine-tuned under other settings, each with a control of the same budget"""
     t0 = time.time()
@@ -272,7 +262,7 @@ def run_jobs(runs, jobs):
             out_dir, argv = pending.pop(0)
             os.makedirs(out_dir, exist_ok=True)
             log = open(os.path.join(out_dir, "train.log"), "w")
-            print(f"== python {' '.join(argv[1:])}")
+            print(f"== python {' '.join(argv[1:])}", flush=True)
             proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
             running[proc.pid] = (out_dir, log, time.time())
         pid, status, usage = os.wait4(-1, 0)  # per child: its own CPU time, even with others still running
@@ -288,33 +278,97 @@ def run_jobs(runs, jobs):
             print(f"{out_dir}: train.py exited {timing['returncode']}; see {out_dir}/train.log")
 
 
-def default_runs(s):
-    """`python train.py` over seeds (train.py's own recipe and evaluation); results_default.md / .json"""
-    t0 = time.time()
-    seeds = [int(x) for x in s.default_seeds.split(",")]
-    dirs = {seed: os.path.join(s.out_dir, f"default_s{seed}") for seed in seeds}
-    done = lambda d: os.path.exists(os.path.join(d, "eval.json")) and os.path.exists(os.path.join(d, "timing.json"))
-    todo = [(d, [sys.executable, os.path.join(HERE, "train.py"), f"--seed={seed}", f"--threads={s.threads}", f"--out_dir={d}",
-                 "--overwrite=true"] + s.default_args.split()) for seed, d in dirs.items() if not done(d)]
+def scratch_flags(s):
+    """train.py flags for the Settings that differ from train.py's own defaults (none, by default)"""
+    default, model = train.Config(), {"model": s.model, **({"image_size": s.image_size} if s.image_size else {})}
+    mine = dict(steps=s.scratch_steps, batch_size=s.batch_size, world_scenes=s.world_scenes, eval_scenes=s.eval_scenes)
+    flags = [f"--{k}={v}" for k, v in mine.items() if v != getattr(default, k)]
+    return flags + [f"--{k}={v}" for k, v in model.items() if k != "model" or v != "tiny"] + [f"--threads={s.threads}"]
+
+
+def train_runs(s, part, rows, seeds, flags=()):
+    """`python train.py <row's flags> <flags> --seed=S` for every (row, seed), as subprocesses, s.jobs at once, seed
+    by seed (an interrupted reproduction has every row on the first seeds); a run whose folder has eval.json and
+    timing.json is reused. Folders: out_dir/<part>_<row>_s<seed> (<part>_s<seed> for a part of one row).
+    -> {name: [(seed, train.py's eval.json, timing) of each finished run]}"""
+    done = lambda d: all(os.path.exists(os.path.join(d, f)) for f in ("eval.json", "timing.json"))
+    folder = lambda name, seed: f"{part}_s{seed}" if len(rows) == 1 else f"{part}_{slug(name)}_s{seed}"
+    dirs = {(name, seed): os.path.join(s.out_dir, folder(name, seed)) for seed in seeds for name, _ in rows}
+    argv = {name: [sys.executable, os.path.join(HERE, "train.py")] + row_flags.split() + list(flags) for name, row_flags in rows}
+    todo = [(d, argv[name] + [f"--seed={seed}", f"--out_dir={d}", "--overwrite=true"])
+            for (name, seed), d in dirs.items() if not done(d)]
     if s.train and todo:
         run_jobs(todo, s.jobs or max(1, (os.cpu_count() or 1) // max(1, s.threads)))
-    finished_ = [seed for seed, d in dirs.items() if done(d)]
-    per_seed, timing = [], {}
-    for seed in finished_:
-        with open(os.path.join(dirs[seed], "eval.json")) as f:
-            per_seed.append(json.load(f))
-        with open(os.path.join(dirs[seed], "timing.json")) as f:
-            timing[seed] = json.load(f)
+    out = {name: [] for name, _ in rows}
+    for (name, seed), d in dirs.items():
+        if done(d):
+            with open(os.path.join(d, "eval.json")) as f, open(os.path.join(d, "timing.json")) as g:
+                out[name].append((seed, json.load(f), json.load(g)))
+    return out
+
+
+def seed_table(runs, seeds, columns, what, per_seed=False):
+    """mean ± std rows (and, with per_seed, one row per seed above them); names with missing seeds say so"""
+    rows = []
+    for name, done in runs.items():
+        if per_seed:
+            rows += [(f"seed {seed}", [m]) for seed, m, _ in done]
+        if len(done) < len(seeds):
+            name = f"{name} ({len(done)} of {len(seeds)} seeds)"
+        if done and (len(done) > 1 or not per_seed):
+            rows.append((f"{name}: mean ± std" if per_seed else name, [m for _, m, _ in done]))
+    return table(rows, sorted(seeds), columns, what)
+
+
+def timing_table(runs):
+    lines = ["| run | seed | wall | CPU |", "|---|---|---|---|"]
+    lines += [f"| {name} | {seed} | {t['wall_s'] / 60:.1f} min | {t['cpu_s'] / 60:.1f} min |"
+              for name, done in runs.items() for seed, _, t in done]
+    return "\n".join(lines)
+
+
+def write_runs(s, stem, title, runs, md):
+    results = {"settings": asdict(s), "runs": {name: [{"seed": seed, "metrics": m, "timing": t} for seed, m, t in done]
+                                              for name, done in runs.items()}}
+    cpu = sum(t["cpu_s"] for done in runs.values() for _, _, t in done)
+    md = (f"## {title}\n\n{md}\n\nWall and CPU time of each run ({s.threads} thread(s) each, {s.jobs or 'cores // threads'} "
+          f"at once on {os.cpu_count()} CPU cores, torch {torch.__version__}; {cpu / 3600:.2f} CPU-hours in all):\n\n"
+          + timing_table(runs) + "\n")
+    write(s, stem, results, md)
+
+
+def seeds_of(text):
+    return [int(x) for x in text.split(",")]
+
+
+def default_runs(s):
+    """`python train.py` (train.py's own recipe and evaluation) over --default_seeds; results_default.md / .json"""
+    seeds = seeds_of(s.default_seeds)
     name = "python train.py" + (f" {s.default_args}" if s.default_args else "")
-    rows = [(f"seed {seed}", [m]) for seed, m in zip(finished_, per_seed)] + ([(f"{name}: mean ± std", per_seed)]
-                                                                              if len(per_seed) > 1 else [])
-    md = "## The default run\n\n" + table(rows, finished_, what="seeds")
-    md += "\n\n| seed | wall | CPU |\n|---|---|---|\n" + "".join(
-        f"| {seed} | {t['wall_s'] / 60:.1f} min | {t['cpu_s'] / 60:.1f} min |\n" for seed, t in timing.items())
-    if len(finished_) < len(seeds):
-        md += f"\nNot finished: seeds {sorted(set(seeds) - set(finished_))}.\n"
-    write(s, "results_default", {"settings": asdict(s), "seeds": finished_, "metrics": per_seed, "timing": timing},
-          md + footer(t0))
+    runs = train_runs(s, "default", [(name, s.default_args)], seeds, [f"--threads={s.threads}"])
+    write_runs(s, "results_default", "The default run", runs, seed_table(runs, seeds, COLUMNS, "seeds", per_seed=True))
+
+
+def scratch_runs(s):
+    """every loss's from-scratch run over --scratch_seeds; results_scratch.md / .json"""
+    seeds = seeds_of(s.scratch_seeds)
+    runs = train_runs(s, "scratch", SCRATCH_ROWS, seeds, scratch_flags(s))
+    what = f"seeds (from scratch, {s.scratch_steps} steps, batch {s.batch_size})"
+    write_runs(s, "results_scratch", "From scratch: every loss", runs, seed_table(runs, seeds, COLUMNS, what))
+
+
+def compositional(s):
+    """from scratch on the compositional split with relation captions; seen and unseen tables"""
+    seeds = seeds_of(s.scratch_seeds)
+    runs = train_runs(s, "compositional", COMPOSITIONAL_ROWS, seeds, COMPOSITIONAL_FLAGS.split() + scratch_flags(s))
+    what = f"seeds (from scratch, {s.scratch_steps} steps, batch {s.batch_size})"
+    md = "\n\n".join(f"### {part.capitalize()} compositions\n\n"
+                      + seed_table(runs, seeds, [(f"{part}/{k}", h) for k, h in SPLIT_COLUMNS], what)
+                      for part in ("seen", "unseen"))
+    write_runs(s, "results_compositional", "The compositional world, from scratch", runs, md)
+
+
+PARTS = ("papers", "default", "scratch", "compositional", "finetune")
 
 
 def main(s):
@@ -324,21 +378,17 @@ def main(s):
     if s.threads:
         torch.set_num_threads(s.threads)
     parts = s.parts.split(",")
-    unknown = [p for p in parts if p not in ("papers", "compositional", "finetune", "default")]
+    unknown = [p for p in parts if p not in PARTS]
     if unknown:
-        raise cli.UsageError(f"--parts: unknown {', '.join(unknown)}; use papers, compositional, finetune and/or default")
-    if "default" in parts:
-        default_runs(s)
-        parts = [p for p in parts if p != "default"]
-        if not parts:
-            return
+        raise cli.UsageError(f"--parts: unknown {', '.join(unknown)}; use any of {', '.join(PARTS)}")
+    for part, fn in (("default", default_runs), ("scratch", scratch_runs), ("compositional", compositional)):
+        if part in parts:
+            fn(s)
+    if not {"papers", "finetune"} & set(parts):
+        return
     seeds = [int(x) for x in s.seeds.split(",")]
     size = {"model": s.model, **({"image_size": s.image_size} if s.image_size else {})}
     common = dict(batch_size=s.batch_size, world_scenes=s.world_scenes, threads=s.threads, eval=False, log_every=50, ckpt_every=100, **size)
-    if "compositional" in parts:
-        compositional(s, common)
-    if parts == ["compositional"]:
-        return
     t_all = time.time()
     walls = {}
     # 1. pretrain on long captions with the SigLIP loss

@@ -5,14 +5,14 @@ import resource
 
 import pytest
 
-import data
+import world
 import train
 from model import WordTokenizer, model_config
 
 
 def build(init_ckpt=None, **kw):
     cfg = train.Config(**kw)
-    tok = WordTokenizer(data.world_vocabulary(), 16)
+    tok = WordTokenizer(world.world_vocabulary(), 16)
     model, _ = train.build_model(cfg, model_config("tiny"), tok, None, init_ckpt, "cpu", log=lambda *a: None)
     return model
 
@@ -37,44 +37,68 @@ def test_default_recipe_warmup():
 TINY = "--steps=3 --warmup=1 --world_scenes=64 --batch_size=16 --eval_scenes=16 --log_every=1 --ckpt_every=3"
 
 
-def reproduce_default(tmp_path, seeds, jobs, train_=True):
+def reproduce_part(tmp_path, part="default", jobs=2, train_=True, **kw):
     import reproduce
-    s = reproduce.Settings(out_dir=str(tmp_path), parts="default", default_seeds=seeds, default_args=TINY,
-                           jobs=jobs, train=train_)
+    s = reproduce.Settings(out_dir=str(tmp_path), parts=part, default_args=TINY, jobs=jobs, train=train_, **kw)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     reproduce.main(s)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    reproduce_default.children_cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
-    with open(tmp_path / "results_default.json") as f:
-        return json.load(f), (tmp_path / "results_default.md").read_text()
+    reproduce_part.children_cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    with open(tmp_path / f"results_{part}.json") as f:
+        return json.load(f), (tmp_path / f"results_{part}.md").read_text()
 
 
 def test_default_part_runs_in_parallel_with_timing_and_mean_std(tmp_path):
-    res, md = reproduce_default(tmp_path, "0,1", jobs=2)
-    assert res["seeds"] == [0, 1]
-    t = [res["timing"][k] for k in ("0", "1")]
+    import reproduce
+    res, md = reproduce_part(tmp_path, default_seeds="0,1")
+    (name, done), = res["runs"].items()
+    assert name == "python train.py " + TINY and [r["seed"] for r in done] == [0, 1]
+    t = [r["timing"] for r in done]
     for one in t:
         assert one["returncode"] == 0 and 0 < one["cpu_s"] <= one["wall_s"] + 2
+        assert f"| {one['wall_s'] / 60:.1f} min | {one['cpu_s'] / 60:.1f} min |" in md
     # each run's own CPU time: together they are the CPU time of all children, not more
-    assert sum(one["cpu_s"] for one in t) == pytest.approx(reproduce_default.children_cpu, abs=0.2)
+    assert sum(one["cpu_s"] for one in t) == pytest.approx(reproduce_part.children_cpu, abs=0.2)
     assert t[0]["started"] < t[1]["ended"] and t[1]["started"] < t[0]["ended"]  # both ran at once
-    # each cell of the table: mean and sample std over the seeds, computed here
-    import reproduce
+    # each cell of the table: mean and sample std over the seeds, computed here, and each seed's own row
     for key, _ in reproduce.COLUMNS:
-        vals = [100 * m[key] for m in res["metrics"]]
+        vals = [100 * r["metrics"][key] for r in done]
         mean, std = sum(vals) / 2, abs(vals[0] - vals[1]) / math.sqrt(2)
         assert f"{mean:.1f} ± {std:.1f}" in md
-    assert "| 0 |" in md and "| 1 |" in md
-    # the same call again reuses both runs (no new timing)
-    before = os.path.getmtime(tmp_path / "default_s0" / "timing.json")
-    res2, _ = reproduce_default(tmp_path, "0,1,2", jobs=2, train_=False)
-    assert res2["seeds"] == [0, 1] and os.path.getmtime(tmp_path / "default_s0" / "timing.json") == before
+    assert "| seed 0 |" in md and "| seed 1 |" in md
+    # the run is train.py's own, with its own evaluation
+    with open(tmp_path / "default_s0" / "eval.json") as f:
+        assert json.load(f) == done[0]["metrics"]
+    # the same call again reuses both runs (no new timing) and says which seed is missing
+    before = [os.path.getmtime(p) for p in tmp_path.glob("default_s0/timing.json")]
+    res2, md2 = reproduce_part(tmp_path, default_seeds="0,1,2", train_=False)
+    assert [r["seed"] for r in res2["runs"][name]] == [0, 1] and "(2 of 3 seeds)" in md2
+    assert [os.path.getmtime(p) for p in tmp_path.glob("default_s0/timing.json")] == before
 
 
 def test_default_part_one_job_runs_one_at_a_time(tmp_path):
-    res, md = reproduce_default(tmp_path, "0,1", jobs=1)
-    a, b = res["timing"]["0"], res["timing"]["1"]
+    res, md = reproduce_part(tmp_path, default_seeds="0,1", jobs=1)
+    a, b = [r["timing"] for r in next(iter(res["runs"].values()))]
     assert a["ended"] <= b["started"]
+
+
+def test_scratch_and_compositional_parts_run_every_row(tmp_path, monkeypatch):
+    import reproduce
+    rows = [("SigLIP", ""), ("C2LIP", "--loss=c2lip")]
+    monkeypatch.setattr(reproduce, "SCRATCH_ROWS", rows)
+    monkeypatch.setattr(reproduce, "COMPOSITIONAL_ROWS", rows[1:])
+    tiny = dict(scratch_seeds="0,1", scratch_steps=2, world_scenes=64, batch_size=16, eval_scenes=16)
+    res, md = reproduce_part(tmp_path, "scratch", **tiny)
+    assert sorted(res["runs"]) == ["C2LIP", "SigLIP"] and all(len(v) == 2 for v in res["runs"].values())
+    with open(tmp_path / "scratch_c2lip_s1" / "config.json") as f:
+        cfg = json.load(f)
+    cfg = cfg.get("config", cfg)
+    assert (cfg["loss"], cfg["seed"], cfg["steps"], cfg["batch_size"], cfg["world_scenes"]) == ("c2lip", 1, 2, 16, 64)
+    assert "| C2LIP |" in md and "| SigLIP |" in md and md.count(" min |") == 2 * 4  # wall and CPU of 4 runs
+    res, md = reproduce_part(tmp_path, "compositional", **tiny)
+    (seed, run), = [(r["seed"], r) for r in res["runs"]["C2LIP"] if r["seed"] == 0]
+    assert "seen/swap_rel" in run["metrics"] and "unseen/swap_rel" in run["metrics"]
+    assert "### Seen compositions" in md and "### Unseen compositions" in md
 
 
 def test_mean_std_cell():
