@@ -80,14 +80,21 @@ def siglip_loss(x, y, logit_scale, logit_bias, row_offset=0):
 
 
 @fp32_loss
-def concept_loss(x, c, owner, logit_scale, logit_bias, row_offset=0):
+def concept_loss(x, c, owner, logit_scale, logit_bias, row_offset=0, negatives=None):
     """L_npc. x: images (b, d); c: all concepts (N, d); owner: (N,) global image index of each concept.
 
     One positive per column (its owner image), n_i per row; divided by N, not B.
+    negatives: optional (M, d) concept-level hard negatives (METHOD.md §2.7), M more columns that no image owns,
+    so a negative for every image, its source included; still divided by N, so they add terms without
+    diluting the positives' ones.
     """
-    logits = logit_scale.exp() * (fp32(x) @ fp32(c).T) + logit_bias  # (b, N)
+    n = c.shape[0]
+    if negatives is not None:
+        c = torch.cat([c, negatives])
+        owner = torch.cat([owner, owner.new_full((negatives.shape[0],), -1)])
+    logits = logit_scale.exp() * (fp32(x) @ fp32(c).T) + logit_bias  # (b, N + M)
     rows = torch.arange(x.shape[0], device=x.device) + row_offset
-    return sigmoid_loss(logits, rows[:, None] == owner[None, :], c.shape[0])
+    return sigmoid_loss(logits, rows[:, None] == owner[None, :], n)
 
 
 def xattn_cosines(tokens, c, temperature=1.0):

@@ -207,6 +207,11 @@ def check_config(cfg, world_size, loss_names):
     check_choice("device", cfg.device, ("auto", "cpu", "cuda"))
     check_choice("precision", cfg.precision, ("auto", "bf16", "fp32"))
     check_choice("adamw", cfg.adamw, ("auto", "fused", "foreach"))
+    for flag in ("relation_concepts", "concept_negatives"):
+        if getattr(cfg, flag) and cfg.loss not in ("c2lip", "c2lip+degla"):
+            raise UsageError(f"--{flag} adds to C2LIP's concept losses; use it with --loss=c2lip or c2lip+degla")
+    if cfg.grad_clip < 0:
+        raise UsageError(f"--grad_clip={cfg.grad_clip}: a norm must be positive (0 turns clipping off)")
     if cfg.batch_size % world_size:
         raise UsageError(f"--batch_size={cfg.batch_size} is not divisible by the world size {world_size}; "
                          f"choose a multiple of {world_size}")

@@ -78,6 +78,8 @@ class Config:
     xac_temperature: float = 1.0     # C2LIP: lambda inside the patch softmax
     xac_chunk: int = 0               # C2LIP: images per L_xac chunk (0 = all at once)
     concepts: str = ""               # C2LIP: concept cache from `python concepts.py extract` ("" = extract now)
+    relation_concepts: bool = False  # C2LIP: each "subject relation object" phrase of a caption is a concept too
+    concept_negatives: bool = False  # C2LIP: that phrase swapped / its relation replaced, a negative concept in L_npc
     negatives: str = ""              # DeGLA: negatives file in the official shape ("" = generate with concepts.py)
     num_negatives: int = 4           # DeGLA: K hard negatives per caption
     ema_decay: float = 0.9996        # DeGLA: teacher <- a * teacher + (1 - a) * student after every step
@@ -176,9 +178,10 @@ def uses_negatives(loss):  # and the EMA teacher
     return loss in ("degla", "c2lip+degla")
 
 
-def text_groups(loss):
+def text_groups(loss, concept_negatives=False):
     """the groups of texts a loss needs besides the captions (data.Collate tokenises them by name)"""
-    return ("concepts",) * uses_concepts(loss) + ("negatives",) * uses_negatives(loss)
+    return (("concepts",) * uses_concepts(loss) + ("concept_negatives",) * (uses_concepts(loss) and concept_negatives)
+            + ("negatives",) * uses_negatives(loss))
 
 
 TEACHER_TEXTS = ("captions", "negatives")  # what DeGLA's EMA teacher encodes (besides the images)
@@ -208,7 +211,9 @@ def compute_losses(out, batch, cfg, rank_images):
     if uses_concepts(cfg.loss):  # sigmoid losses: t and b, shared with L_con (or, combined, b trained by these alone)
         c_all, _ = losses.gather(text["concepts"], sizes=sizes.get("concepts"))
         owner_all = losses.gather_owners(batch["owner"]["concepts"], rank_images, sizes.get("concepts"))
-        terms["npc"] = losses.concept_loss(out["image"], c_all, owner_all, t, b, offset)
+        n_all = losses.gather(text["concept_negatives"], sizes=sizes.get("concept_negatives"))[0] \
+            if "concept_negatives" in text else None  # --concept_negatives: columns no image owns (§2.7)
+        terms["npc"] = losses.concept_loss(out["image"], c_all, owner_all, t, b, offset, n_all)
         terms["xac"] = losses.xattn_concept_loss(out["patch_tokens"], c_all, owner_all, t, b, offset,
                                                  cfg.xac_temperature, cfg.xac_chunk)
     if uses_negatives(cfg.loss):  # softmax losses: t only (IGC) or a fixed scale (TGC)
@@ -266,6 +271,17 @@ def build_data(cfg, mcfg, log=print, tokenizer=None):
             annotations["concepts"] = concepts.extract_concepts_batch(dataset.captions)
             log(f"concepts: extracted for {len(dataset)} captions in {time.time() - t0:.1f}s "
                 f"with tagger {concepts.tagger_name()}")
+        if cfg.relation_concepts or cfg.concept_negatives:  # METHOD.md §2.7
+            vocab = set(world.world_vocabulary(cfg.relations)) if cfg.data == "world" else None
+            rel, neg = concepts.relation_concepts(dataset.captions, cfg.seed, vocab)
+            if cfg.data == "world" and cfg.world_split != "default":  # no held-out pair or fact in any training text
+                neg = [[n for n in negs if not world.names_held_out(n)] for negs in neg]
+            if cfg.relation_concepts:
+                annotations["concepts"] = [c + r for c, r in zip(annotations["concepts"], rel)]
+            if cfg.concept_negatives:
+                annotations["concept_negatives"] = neg
+            log(f"relation concepts: {sum(map(bool, rel)) / len(rel):.0%} of captions state a relation; "
+                f"{sum(map(len, neg)) / len(neg):.2f} negative concepts per caption")
         n = [len(c) for c in annotations["concepts"]]
         log(f"concepts: {sum(n) / len(n):.2f} per caption on average, max {max(n)}")
     if uses_negatives(cfg.loss):
@@ -280,8 +296,9 @@ def build_data(cfg, mcfg, log=print, tokenizer=None):
             keep = [keep[i] for i in kept]
         if len(keep) < len(dataset):
             dataset = dataset.subset(keep) if keys is not None else data.Subset(dataset, keep)
-            if "concepts" in annotations:
-                annotations["concepts"] = [annotations["concepts"][i] for i in keep]
+            for name in ("concepts", "concept_negatives"):
+                if name in annotations:
+                    annotations[name] = [annotations[name][i] for i in keep]
     if tokenizer is None:  # word vocabulary of the user's captions, concepts and negatives, saved in the checkpoint
         texts = dataset.captions + [p for values in annotations.values() for rec in values for p in rec]
         tokenizer = WordTokenizer.build(texts, mcfg.context_length, min_count=2, max_size=mcfg.vocab_size - 3)
@@ -327,7 +344,7 @@ def make_batches(cfg, mcfg, dataset, tokenizer, env, start_step):
     """(this rank's batches from global step start_step on, endless; steps per epoch) for either source:
     a sampler over an in-memory dataset, or the shard plan, which maps (epoch, step) to samples"""
     local_batch = cfg.batch_size // env.world
-    collate = data.Collate(tokenizer, mcfg.image_size, text_groups(cfg.loss), cfg.distinct_texts)
+    collate = data.Collate(tokenizer, mcfg.image_size, text_groups(cfg.loss, cfg.concept_negatives), cfg.distinct_texts)
     if isinstance(dataset, shards.ShardIndex):
         plan = shards.Plan(dataset, cfg.batch_size, env.world, cfg.seed, cfg.shuffle_window, cfg.resampled,
                            cfg.samples_per_epoch)

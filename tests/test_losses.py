@@ -79,6 +79,25 @@ def test_concept_loss_matches_loop(counts):
         torch.testing.assert_close(g1, g2)
 
 
+@pytest.mark.parametrize("counts,M", [([1, 2, 3], 2), ([2, 1], 0), ([1], 3)])
+def test_concept_loss_with_negative_concepts_matches_loop(counts, M):
+    # --concept_negatives: M more columns, a negative for every image, and the sum still divided by N (positives)
+    gen = torch.Generator().manual_seed(10 + M)
+    B, N, d = len(counts), sum(counts), 6
+    owner = owners_for(counts)
+    x, c, neg = unit(B, d, gen=gen), unit(N, d, gen=gen), unit(M, d, gen=gen)
+    t, b = params(gen)
+    fast = losses.concept_loss(x, c, owner, t, b, negatives=neg)
+    cols = torch.cat([c, neg])
+    ref = ref_sigmoid(lambda i, k: x[i] @ cols[k], B, N + M, lambda i, k: k < N and owner[k] == i, t, b, N)
+    torch.testing.assert_close(fast, ref)
+    for g1, g2 in zip(grads(fast, (x, c, neg, t, b)), grads(ref, (x, c, neg, t, b))):
+        torch.testing.assert_close(g1, g2)
+    # split over two "ranks" by rows (global owners, this rank's row offset), the shares sum to the whole
+    parts = losses.concept_loss(x[:1], c, owner, t, b, 0, neg) + losses.concept_loss(x[1:], c, owner, t, b, 1, neg)
+    torch.testing.assert_close(parts, fast)
+
+
 @pytest.mark.parametrize("counts,T,d,lam", [([1, 2, 3], 5, 8, 1.0), ([2, 1, 1, 3], 9, 4, 3.0), ([1], 1, 5, 1.0)])
 @pytest.mark.parametrize("chunk", [0, 1, 2])
 def test_xattn_loss_matches_per_concept_loop(counts, T, d, lam, chunk):
