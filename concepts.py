@@ -23,6 +23,7 @@ Run:
     python concepts.py extract --data captions.jsonl --out concepts.jsonl --workers 2
     python concepts.py negatives --data captions.jsonl --out negatives.json --k 4 --seed 0
     python concepts.py score        # precision / recall on tests/data/concepts_gold.jsonl
+    python concepts.py score --relations   # hand-judged precision of the relation negatives
 """
 
 import json
@@ -287,6 +288,7 @@ def extract_concepts_batch(captions):
 # scoring against the hand-labelled gold set
 
 GOLD_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tests", "data", "concepts_gold.jsonl")
+RELATIONS_GOLD_PATH = os.path.join(os.path.dirname(GOLD_PATH), "relations_gold.jsonl")
 
 
 def score_chunker(records):
@@ -304,6 +306,29 @@ def score_chunker(records):
     r = tp / max(n_gold, 1)
     f1 = 2 * p * r / max(p + r, 1e-12)
     return dict(precision=p, recall=r, f1=f1, exact=exact / max(len(records), 1))
+
+
+def score_relation_negatives(records):
+    """Hand-judged precision of the relation negatives. records: [{"caption", "negatives": [{"type",
+    "negative", "grammatical", "false_for_image"}]}], the labels of relation_negatives(caption) (seed 0).
+    A label whose string the code no longer produces is not counted (counted in "stale"; the test fails on it)."""
+    found = produced = gram = false = both = stale = 0
+    for r in records:
+        labels = {(x["type"], x["negative"]): x for x in r["negatives"]}
+        negs = relation_negatives(r["caption"])
+        found += bool(_relations(_Sentence(r["caption"])))
+        stale += sum(key not in labels for key in negs) + sum(key not in set(negs) for key in labels)
+        for key in negs:
+            x = labels.get(key)
+            if x is None:
+                continue
+            produced += 1
+            gram += x["grammatical"]
+            false += x["false_for_image"]
+            both += x["grammatical"] and x["false_for_image"]
+    n = max(produced, 1)
+    return dict(captions=len(records), with_relation=found, negatives=produced, grammatical=gram / n,
+                false=false / n, both=both / n, stale=stale)
 
 
 # -----------------------------------------------------------------------------
@@ -565,9 +590,235 @@ def replace_nouns(sent, rng, vocab=None):
     return sent.render(_fix_articles(words, sent.words))
 
 
+# -----------------------------------------------------------------------------
+# relation negatives (opt-in: hard_negatives(..., relations=True), METHOD.md §3.8)
+
+# spatial relations: synonym groups ("|"; never a replacement for each other), each beside its converse group.
+# A group's spellings are aligned with its converse's: a spelling's converse is the one at the same place,
+# else the first ("on" <-> "under", "above" <-> "below", "atop" -> "under"). "on" and "above" share a group:
+# a cup on a table is above it, so one never replaces the other.
+SPATIAL_RELATIONS = (
+    ("on|above|on top of|over|atop|upon", "under|below|beneath|underneath"),
+    ("left of|to the left of", "right of|to the right of"),
+    ("in front of", "behind"),
+    ("inside|inside of|within", "outside|outside of"),
+)
+# symmetric: "a next to b" says "b next to a", so these are never swapped; no converse, replaced by a
+# vertical relation only, and never a replacement (left of, in front of ... can be "next to" at the same time)
+SYMMETRIC_RELATIONS = "next to|near|beside|alongside|close to|near to"
+# actions of a subject on an object, as captions write them (present participles); no converses
+ACTION_RELATIONS = """
+holding|carrying|holding_up|grabbing|clutching riding wearing eating|biting|chewing|chewing_on
+pulling|towing|dragging pushing chasing throwing|tossing catching kicking feeding petting|hugging|cuddling
+watching|looking_at|staring_at flying playing_with drinking hitting|swinging cutting|slicing reading
+"""  # "_" joins the words of a multiword action
+_BE = ("is", "are")
+# "<noun> of NP" continues the phrase around a relation: quantities ("a cup of coffee") and parts
+# ("the side of a building")
+_PART_NOUNS = frozenset("side top edge front back middle center centre corner end bottom part half".split())
+_SUBJECT_LINKS = ("in", "with")  # "a man in a red shirt holding a bat": the subject is the whole phrase
+
+
+@dataclass(frozen=True)
+class _RelGroup:
+    spellings: tuple      # lowercase phrases, the first is written
+    cls: str              # "spatial" | "action"
+    converse: object      # the converse _RelGroup's index in _REL_GROUPS, or None
+    symmetric: bool = False
+
+
+def _build_relation_lexicon():
+    groups, lexicon = [], {}  # lexicon: phrase (tuple of words) -> group index
+
+    def add(spellings, cls, converse=None, symmetric=False):
+        groups.append(_RelGroup(tuple(spellings), cls, converse, symmetric))
+        for s in spellings:
+            key = tuple(s.split())
+            assert key not in lexicon, f"relation {s!r} listed twice"
+            lexicon[key] = len(groups) - 1
+
+    for a, b in SPATIAL_RELATIONS:
+        n = len(groups)
+        add(a.split("|"), "spatial", n + 1)
+        add(b.split("|"), "spatial", n)
+    add(SYMMETRIC_RELATIONS.split("|"), "spatial", symmetric=True)
+    for g in ACTION_RELATIONS.split():
+        add([s.replace("_", " ") for s in g.split("|")], "action")
+    return tuple(groups), lexicon
+
+
+_REL_GROUPS, _REL_LEXICON = _build_relation_lexicon()
+_REL_MAX_WORDS = max(map(len, _REL_LEXICON))
+_VERTICAL = (0, 1)  # the groups of SPATIAL_RELATIONS[0]
+_ACTION_GROUPS = frozenset(i for i, g in enumerate(_REL_GROUPS) if g.cls == "action")
+
+
+@dataclass(frozen=True)
+class _Relation:
+    """token ranges [start, end) of "LEFT REL RIGHT" in a _Sentence; be: index of "is"/"are" or None"""
+    left: tuple
+    rel: tuple
+    right: tuple
+    group: int
+    be: object = None
+
+
+def _match_relation(words, tags):
+    """(offset, length, group) of the relation that the words between two phrases are, or None:
+    ["is"|"are"] REL, or ["is"|"are"] <verb> SPATIAL ("sitting on top of", "parked next to")."""
+    i = 1 if words and words[0] in _BE else 0
+    rest = tuple(words[i:])
+    if rest in _REL_LEXICON:
+        return i, len(rest), _REL_LEXICON[rest]
+    if len(rest) >= 2 and tags[i].startswith("VB") and rest[0] not in _BE:
+        g = _REL_LEXICON.get(rest[1:])
+        if g is not None and _REL_GROUPS[g].cls == "spatial":
+            return i + 1, len(rest) - 1, g
+    return None
+
+
+def _relations(sent):
+    """Every "NP REL NP" of a sentence, left to right (cached on the sentence). For each chunk the relation
+    to a later chunk whose in-between words are a relation (longest phrase wins, so "sitting on top of a
+    laptop" is not "on" + "top"); the left phrase takes in "X in/with Y" and "X of Y" for quantity and
+    part nouns, the right phrase "X of Y" for those nouns."""
+    cached = getattr(sent, "_rels", None)
+    if cached is not None:
+        return cached
+    words = [w.lower() for w in sent.words]
+    spans, out = sent.spans, []
+
+    def of_continues(c):  # chunk c, then "of", then the next chunk right after
+        return (c + 1 < len(spans) and spans[c][1] < len(words) and words[spans[c][1]] == "of"
+                and spans[c + 1][0] == spans[c][1] + 1 and words[spans[c][1] - 1] in PARTITIVES | _PART_NOUNS)
+
+    for a in range(len(spans)):
+        s1, e1 = spans[a]
+        if e1 - s1 > 1 and words[e1 - 1] in ("left", "right") and e1 < len(words) and words[e1] == "of":
+            e1 -= 1  # the tagger reads "right" as a noun: "a car right" + "of a truck"
+        elif (e1 - s1 > 2 and a + 1 < len(spans) and spans[a + 1][0] == e1
+              and _REL_LEXICON.get((words[e1 - 1],)) in _ACTION_GROUPS):
+            e1 -= 1  # and "reading" as a noun: "an old man reading" + "a newspaper"
+        best = None
+        for b in range(a + 1, len(spans)):
+            s2 = spans[b][0]
+            if s2 - e1 > _REL_MAX_WORDS + 2:
+                break
+            m = _match_relation(words[e1:s2], sent.tags[e1:s2])
+            if m is not None and (best is None or m[1] > best[1][1]):
+                best = (b, m)
+        if best is None:
+            continue
+        b, (off, length, g) = best
+        if spans[b][1] < len(words) and sent.tags[spans[b][1]] == "VB":
+            continue  # a base verb right after a phrase is a mis-tagged noun ("a teddy" + "bear")
+        ls, c = s1, a
+        while c > 0:  # the left phrase grows over "X in Y", "X with Y", "<quantity/part> of Y"
+            between = words[spans[c - 1][1]:spans[c][0]]
+            if (len(between) == 1 and between[0] in _SUBJECT_LINKS) or (between == ["of"] and of_continues(c - 1)):
+                c -= 1
+                ls = spans[c][0]
+            else:
+                break
+        s2, e2 = spans[b]
+        c = b
+        while of_continues(c):
+            c += 1
+            e2 = spans[c][1]
+        be = e1 if words[e1] in _BE else None
+        out.append(_Relation((ls, e1), (e1 + off, e1 + off + length), (s2, e2), g, be))
+    sent._rels = out
+    return out
+
+
+def _is_plural(sent, s, e):
+    head = sent.tags[e - 1]
+    first = sent.words[s]
+    return head in ("NNS", "NNPS") or _plural_opening(first, sent.tags[s])
+
+
+def swap_relation_args(sent, rng, vocab=None):
+    """Exchange the two phrases around a relation ("a red circle left of a blue square" -> "a blue square
+    left of a red circle"); never around a symmetric relation or between two equal phrases. "is"/"are"
+    before the relation follows the new subject's number."""
+    rels = [r for r in _relations(sent) if not _REL_GROUPS[r.group].symmetric
+            and _canon(" ".join(sent.words[slice(*r.left)])) != _canon(" ".join(sent.words[slice(*r.right)]))]
+    if not rels:
+        return None
+    r = rng.choice(rels)
+    (ls, le), (rs, re_) = r.left, r.right
+    w, g = sent.words, sent.gaps
+    words = w[:ls] + w[rs:re_] + w[le:rs] + w[ls:le] + w[re_:]
+    gaps = g[:ls] + [g[ls]] + g[rs + 1:re_] + [g[le]] + g[le + 1:rs] + [g[rs]] + g[ls + 1:le] + g[re_:]
+    if r.be is not None:
+        be = ls + (re_ - rs) + (r.be - le)  # where "is"/"are" sits now
+        words[be] = _same_case("are" if _is_plural(sent, rs, re_) else "is", words[be])
+    return sent.render(_fix_articles(words, sent.words), gaps)
+
+
+def _spelling_ok(spelling, vocab):
+    return vocab is None or all(x in vocab for x in spelling.split())
+
+
+def _relation_options(phrase, vocab=None):
+    """Replacements of a relation phrase: its converse alone when there is one (a converse is always false
+    where the relation holds), else the first spelling of every other group of its class (a symmetric
+    relation takes the vertical ones only: "next to" -> "on", "under"). Every word in vocab when one is given."""
+    g = _REL_LEXICON[tuple(phrase.split())]
+    group = _REL_GROUPS[g]
+    if group.converse is not None:
+        conv = _REL_GROUPS[group.converse].spellings
+        pos = group.spellings.index(phrase)
+        ordered = ([conv[pos]] if pos < len(conv) else []) + list(conv)
+        ok = [s for s in ordered if _spelling_ok(s, vocab)]
+        if ok:
+            return [ok[0]]
+    out = []
+    for i, other in enumerate(_REL_GROUPS):
+        if i == g or other.cls != group.cls or other.symmetric or (group.symmetric and i not in _VERTICAL):
+            continue
+        ok = [s for s in other.spellings if _spelling_ok(s, vocab)]
+        if ok:
+            out.append(ok[0])
+    return out
+
+
+def replace_relation(sent, rng, vocab=None):
+    """Put the relation's converse ("on" -> "under", "left of" -> "right of"), or, without one (or without
+    its words in vocab), another relation of its class ("left of" -> "above", "riding" -> "pulling");
+    never a synonym ("below" / "under" / "beneath")."""
+    rels = []
+    for r in _relations(sent):
+        opts = _relation_options(" ".join(x.lower() for x in sent.words[slice(*r.rel)]), vocab)
+        if opts:
+            rels.append((r, opts))
+    if not rels:
+        return None
+    r, opts = rng.choice(rels)
+    new = rng.choice(opts).split()
+    s, e = r.rel
+    words = sent.words[:s] + new + sent.words[e:]
+    gaps = sent.gaps[:s] + [sent.gaps[s]] + [" "] * (len(new) - 1) + sent.gaps[e:]
+    return sent.render(_fix_articles(words, sent.words), gaps)
+
+
+def relation_negatives(caption, seed=0, vocab=None):
+    """[(type, negative)] of the two relation types, each with its own generator seeded as hard_negatives
+    seeds one, types that do not apply left out: what the relation gold set (RELATIONS_GOLD_PATH) labels."""
+    sent = _Sentence(caption)
+    out = []
+    for name in ("swap_relation_args", "replace_relation"):
+        rng = random.Random(seed * 1_000_003 + zlib.crc32(caption.encode("utf-8")))
+        neg = NEGATIVE_TYPES[name](sent, rng, vocab)
+        if neg is not None:
+            out.append((name, neg))
+    return out
+
+
 NEGATIVE_TYPES = {
     "reshuffle": reshuffle, "swap_nouns": swap_nouns, "swap_adjectives": swap_adjectives,
     "replace_adjectives": replace_adjectives, "replace_nouns": replace_nouns,
+    "swap_relation_args": swap_relation_args, "replace_relation": replace_relation,
 }
 
 # one slot per negative, each a fallback chain (METHOD.md §3.8): the first type that yields a new,
@@ -579,23 +830,30 @@ SLOT_CHAINS = (
     ("replace_adjectives", "replace_nouns", "reshuffle"),
     ("replace_nouns", "reshuffle"),
 )
+# relations=True: a caption with a relation gets a swap of the phrases around it first in slot 2 and a
+# replaced relation first in slot 4; without a relation both types return None (drawing nothing from the
+# generator), so such a caption gets exactly the SLOT_CHAINS negatives
+RELATION_SLOT_CHAINS = tuple(("swap_relation_args",) + c if j == 1 else ("replace_relation",) + c if j == 3 else c
+                             for j, c in enumerate(SLOT_CHAINS))
 _TRIES = 10  # draws per type before falling back, for when a draw repeats an earlier negative
 
 
-def hard_negatives(caption, k=4, seed=0, vocab=None):
+def hard_negatives(caption, k=4, seed=0, vocab=None, relations=False):
     """Up to k rule-based hard negatives of a caption, in SLOT_CHAINS order (slots past the 4th cycle
     through the chains again). Each differs from the caption and from the others (canonical compare).
     When a slot cannot be filled it is skipped, so fewer than k come back and the caller decides
     (the negatives CLI drops such records; METHOD.md §3.8). Same arguments -> same output.
     vocab: optional set of lowercase words the replacements must come from (e.g. a word-level text
-    tower's vocabulary, so that the synthetic world gets no unknown colours)."""
+    tower's vocabulary, so that the synthetic world gets no unknown colours).
+    relations: use RELATION_SLOT_CHAINS (relation negatives in slots 2 and 4 when the caption has a relation)."""
     # crc32, not hash(): python salts str hashes per process
     rng = random.Random(seed * 1_000_003 + zlib.crc32(caption.encode("utf-8")))
     sent = _Sentence(caption)
     seen = {_canon(caption)}
     out = []
+    chains = RELATION_SLOT_CHAINS if relations else SLOT_CHAINS
     for slot in range(k):
-        for name in SLOT_CHAINS[slot % len(SLOT_CHAINS)]:
+        for name in chains[slot % len(chains)]:
             neg = None
             for _ in range(_TRIES):
                 cand = NEGATIVE_TYPES[name](sent, rng, vocab)
@@ -736,7 +994,7 @@ def load_negatives(path, captions=None, k=4):
     return negatives
 
 
-def negatives_for(captions, k, seed, path="", vocab=None, keys=None, data="", log=print):
+def negatives_for(captions, k, seed, path="", vocab=None, keys=None, data="", log=print, relations=False):
     """DeGLA's K negatives per caption -> (negatives of the kept captions, kept indices).
 
     From the file at `path` (the official shape) or generated by hard_negatives with `seed`. A file is joined
@@ -744,9 +1002,10 @@ def negatives_for(captions, k, seed, path="", vocab=None, keys=None, data="", lo
     "original" caption (the first record of a repeated caption wins; captions missing from the file are
     generated). A file that matches none of the data is an error. A caption with fewer than K distinct
     negatives is dropped, as the negatives command drops it: a repeated negative would count twice in
-    every softmax.
+    every softmax. relations: generated negatives include relation negatives (hard_negatives).
     """
     t0 = time.time()
+    extra = {"relations": True} if relations else {}  # the default call stays hard_negatives(c, k, seed, vocab)
     given, ids = {}, captions  # ids: what the file is joined by
     if path:
         records, from_file = read_negatives_file(path, k)
@@ -762,7 +1021,7 @@ def negatives_for(captions, k, seed, path="", vocab=None, keys=None, data="", lo
         if missing is not None:
             raise UsageError(f"--negatives={path}: no record for sample key {missing!r}; "
                              f"re-run python concepts.py negatives on these shards")
-    negatives = [given[i] if i in given else hard_negatives(c, k, seed, vocab) for i, c in zip(ids, captions)]
+    negatives = [given[i] if i in given else hard_negatives(c, k, seed, vocab, **extra) for i, c in zip(ids, captions)]
     keep = [i for i, n in enumerate(negatives) if len(n) >= k]
     n_file = sum(i in given for i in ids)
     log(f"negatives: {len(captions)} captions, {n_file} from {path or 'no file'}, "
@@ -798,10 +1057,18 @@ class NegativesConfig(ExtractConfig):
 
 @dataclass
 class ScoreConfig:
-    pass
+    relations: bool = False          # score the relation negatives on tests/data/relations_gold.jsonl instead
 
 
-def score_main(_):
+def score_main(args):
+    if args.relations:
+        with open(RELATIONS_GOLD_PATH, encoding="utf-8") as f:
+            gold = [json.loads(line) for line in f if line.strip()]
+        s = score_relation_negatives(gold)
+        print(f"tagger {tagger_name()} | {s['captions']} captions, {s['with_relation']} with a relation found | "
+              f"{s['negatives']} relation negatives: grammatical {s['grammatical']:.3f} false {s['false']:.3f} "
+              f"both {s['both']:.3f}" + (f" | {s['stale']} labels stale (relabel)" if s["stale"] else ""))
+        return
     with open(GOLD_PATH, encoding="utf-8") as f:
         gold = [json.loads(line) for line in f if line.strip()]
     s = score_chunker(gold)
@@ -849,7 +1116,8 @@ def _captions_of(args):
 
 COMMANDS = {"extract": (extract_main, ExtractConfig, "write a concept cache (JSONL) for a caption file or shards"),
             "negatives": (negatives_main, NegativesConfig, "write hard negatives in the official DeGLA schema"),
-            "score": (score_main, ScoreConfig, "precision / recall of the chunker on the gold set")}
+            "score": (score_main, ScoreConfig, "precision / recall of the chunker on the gold set; --relations: "
+                                               "precision of the relation negatives")}
 
 
 def main(argv=None):

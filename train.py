@@ -82,6 +82,7 @@ class Config:
     concept_negatives: bool = False  # C2LIP: that phrase swapped / its relation replaced, a negative concept in L_npc
     negatives: str = ""              # DeGLA: negatives file in the official shape ("" = generate with concepts.py)
     num_negatives: int = 4           # DeGLA: K hard negatives per caption
+    relation_negatives: bool = False   # DeGLA: relation negatives (swap the phrases around a relation, replace the relation) in slots 2 and 4
     ema_decay: float = 0.9996        # DeGLA: teacher <- a * teacher + (1 - a) * student after every step
     igc_weight: float = 0.1          # DeGLA: lambda_1, image-grounded contrast
     tgc_weight: float = 0.1          # DeGLA: lambda_2, text-grounded contrast
@@ -287,7 +288,7 @@ def build_data(cfg, mcfg, log=print, tokenizer=None):
     if uses_negatives(cfg.loss):
         vocab = set(world.world_vocabulary(cfg.relations)) if cfg.data == "world" else None  # replacements stay in-vocabulary
         annotations["negatives"], keep = concepts.negatives_for(dataset.captions, cfg.num_negatives, cfg.seed, cfg.negatives,
-                                                                    vocab, keys, cfg.data, log)
+                                                                    vocab, keys, cfg.data, log, relations=cfg.relation_negatives)
         if cfg.data == "world" and cfg.world_split != "default":  # no held-out pair or fact in any training text
             captions = [dataset.captions[i] for i in keep]
             annotations["negatives"], kept = world.clean_negatives(captions, annotations["negatives"],
