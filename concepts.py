@@ -815,6 +815,25 @@ def relation_negatives(caption, seed=0, vocab=None):
     return out
 
 
+def relation_concepts(captions, seed=0, vocab=None):
+    """For --relation_concepts and --concept_negatives (METHOD.md §2.7): per caption, its "subject relation
+    object" phrases as concepts ("a red circle left of a blue square"; determiners kept, as in every concept),
+    and per caption the negative concepts made from those phrases by the two relation types (the phrases
+    around the relation swapped, the relation replaced): ([[phrase]], [[negative]]), no duplicates."""
+    phrases, negatives = [], []
+    for cap in captions:
+        sent = _Sentence(cap)
+        mine = list(dict.fromkeys(sent.render(sent.words[r.left[0]:r.right[1]], [""] + sent.gaps[r.left[0] + 1:r.right[1]])
+                                  for r in _relations(sent)))
+        if sent.capital:  # render capitalised the caption's first word; a concept starts in lower case
+            mine = [p[0].lower() + p[1:] if p[:1].isupper() and cap.strip().startswith(p[:1]) else p for p in mine]
+        negs = [n for p in mine for _, n in relation_negatives(p, seed, vocab)]
+        seen = {_canon(p) for p in mine}
+        negatives.append([n for n in dict.fromkeys(negs) if _canon(n) not in seen])
+        phrases.append(mine)
+    return phrases, negatives
+
+
 NEGATIVE_TYPES = {
     "reshuffle": reshuffle, "swap_nouns": swap_nouns, "swap_adjectives": swap_adjectives,
     "replace_adjectives": replace_adjectives, "replace_nouns": replace_nouns,
@@ -1005,7 +1024,6 @@ def negatives_for(captions, k, seed, path="", vocab=None, keys=None, data="", lo
     every softmax. relations: generated negatives include relation negatives (hard_negatives).
     """
     t0 = time.time()
-    extra = {"relations": True} if relations else {}  # the default call stays hard_negatives(c, k, seed, vocab)
     given, ids = {}, captions  # ids: what the file is joined by
     if path:
         records, from_file = read_negatives_file(path, k)
@@ -1021,7 +1039,7 @@ def negatives_for(captions, k, seed, path="", vocab=None, keys=None, data="", lo
         if missing is not None:
             raise UsageError(f"--negatives={path}: no record for sample key {missing!r}; "
                              f"re-run python concepts.py negatives on these shards")
-    negatives = [given[i] if i in given else hard_negatives(c, k, seed, vocab, **extra) for i, c in zip(ids, captions)]
+    negatives = [given[i] if i in given else hard_negatives(c, k, seed, vocab, relations) for i, c in zip(ids, captions)]
     keep = [i for i, n in enumerate(negatives) if len(n) >= k]
     n_file = sum(i in given for i in ids)
     log(f"negatives: {len(captions)} captions, {n_file} from {path or 'no file'}, "

@@ -292,7 +292,7 @@ def build_data(cfg, mcfg, log=print, tokenizer=None):
         if cfg.data == "world" and cfg.world_split != "default":  # no held-out pair or fact in any training text
             captions = [dataset.captions[i] for i in keep]
             annotations["negatives"], kept = world.clean_negatives(captions, annotations["negatives"],
-                                                                  cfg.num_negatives, cfg.seed, vocab)
+                                                                  cfg.num_negatives, cfg.seed, vocab, cfg.relation_negatives)
             log(f"negatives: {len(captions) - len(kept)} more captions dropped, without K clean of held-out text")
             keep = [keep[i] for i in kept]
         if len(keep) < len(dataset):

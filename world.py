@@ -259,7 +259,7 @@ def names_held_out(text):
     return False
 
 
-def clean_negatives(captions, negatives, k, seed, vocab):
+def clean_negatives(captions, negatives, k, seed, vocab, relations=False):
     """DeGLA's negatives of compositional-split captions, without any that names a held-out pair or fact
     (a negative is training text too). A caption with such a negative gets 3k generated ones, filtered, first
     k kept. -> (negatives, indices of the captions that still have k)"""
@@ -267,7 +267,7 @@ def clean_negatives(captions, negatives, k, seed, vocab):
     out, keep = [], []
     for i, (cap, negs) in enumerate(zip(captions, negatives)):
         if any(names_held_out(n) for n in negs):
-            negs = [n for n in concepts.hard_negatives(cap, 3 * k, seed, vocab) if not names_held_out(n)][:k]
+            negs = [n for n in concepts.hard_negatives(cap, 3 * k, seed, vocab, relations) if not names_held_out(n)][:k]
         if len(negs) >= k:
             out.append(negs)
             keep.append(i)

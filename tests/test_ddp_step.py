@@ -26,7 +26,8 @@ def setup(loss, distinct=True, precision="fp64"):
     """(cfg, model, teacher, items, collate) the same in every process: float64 weights (precision "fp64"), or
     fp32 weights under train.py's bf16 autocast ("bf16"); the teacher moved off the student"""
     torch.set_num_threads(1)
-    cfg = train.Config(loss=loss, batch_size=8, num_negatives=K, npc_weight=0.7, xac_weight=0.3, igc_weight=0.4,
+    loss, _, cneg = loss.partition(":")  # "c2lip:cneg": --concept_negatives
+    cfg = train.Config(loss=loss, concept_negatives=bool(cneg), batch_size=8, num_negatives=K, npc_weight=0.7, xac_weight=0.3, igc_weight=0.4,
                        tgc_weight=0.2, distill_weight=0.05, xac_temperature=2.0,
                        precision="bf16" if precision == "bf16" else "fp32")
     vocab = world.world_vocabulary()
@@ -48,7 +49,11 @@ def setup(loss, distinct=True, precision="fp64"):
             it["concepts"] = [world.object_phrase(o) for o in ds.objects[SCENES[i]]][: 1 + i % 3]
         if train.uses_negatives(loss):
             it["negatives"] = concepts.hard_negatives(it["caption"], K, 0, set(vocab))
-    return cfg, model, teacher, items, data.Collate(tok, mcfg.image_size, train.text_groups(loss), distinct)
+        if cneg:  # 0 to 2 negative concepts per image, so some ranks' counts differ and one item has none
+            phrases = [world.object_phrase(o) for o in ds.objects[SCENES[i]]]
+            it["concept_negatives"] = [f"{phrases[-1]} above {phrases[0]}", f"{phrases[0]} below {phrases[-1]}"][: i % 3]
+    groups = train.text_groups(loss, cfg.concept_negatives)
+    return cfg, model, teacher, items, data.Collate(tok, mcfg.image_size, groups, distinct)
 
 
 def step(cfg, forward, teacher, batch, world_size):
@@ -77,7 +82,7 @@ def _worker(rank, world, store, loss_name, out, precision="fp64", compile=False)
     dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("loss_name", ["siglip", "c2lip", "degla", "c2lip+degla"])
+@pytest.mark.parametrize("loss_name", ["siglip", "c2lip", "degla", "c2lip+degla", "c2lip:cneg"])
 def test_ddp_train_step_gradients_match_one_process(loss_name, tmp_path):
     mp.spawn(_worker, args=(2, str(tmp_path / "store"), loss_name, str(tmp_path)), nprocs=2, join=True)
     cfg, model, teacher, items, collate = setup(loss_name, distinct=False)

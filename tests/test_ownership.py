@@ -32,8 +32,8 @@ def run():
     mp = pytest.MonkeyPatch()
     real = concepts.hard_negatives
 
-    def fewer_for_some(caption, k, seed, vocab=None):
-        negs = real(caption, k, seed, vocab)
+    def fewer_for_some(caption, k, seed, vocab=None, relations=False):
+        negs = real(caption, k, seed, vocab, relations)
         return negs[: k - 1] if short_of_negatives(caption) else negs
 
     mp.setattr(concepts, "hard_negatives", fewer_for_some)
