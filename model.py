@@ -392,9 +392,10 @@ class DualEncoder(nn.Module):
         self.logit_scale = nn.Parameter(torch.tensor(cfg.init_logit_scale))
         self.logit_bias = nn.Parameter(torch.tensor(cfg.init_logit_bias))
         self.apply(self._init_weights)
-        # named special cases; CLIP-style small text embeddings, or the tower ignores word order
+        # named special cases: small text embeddings, or the tower ignores word order; position embeddings as
+        # large as the token ones (CLIP's 0.01 left some seeds reading captions as bags of words, METHOD.md §11)
         nn.init.normal_(self.text.token_embedding.weight, std=0.02)
-        nn.init.normal_(self.text.positional_embedding, std=0.01)
+        nn.init.normal_(self.text.positional_embedding, std=0.02)
         nn.init.normal_(self.visual.pos_embed, std=0.02)
         nn.init.normal_(self.visual.attn_pool.latent, std=cfg.width ** -0.5)
 

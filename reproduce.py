@@ -23,6 +23,9 @@ Parts (--parts, comma-separated):
   compositional  from scratch, SigLIP, C2LIP, DeGLA and C2LIP+DeGLA on the compositional split with relation
                  captions (--world_split=compositional --relations) over --scratch_seeds, every test on seen and
                  unseen compositions; results_compositional.md / .json
+  relations      the same world and budget: SigLIP, C2LIP, DeGLA with relation negatives, C2LIP with relation
+                 concepts, with relation concepts and negative concepts, and C2LIP+DeGLA with all three;
+                 results_relations.md / .json
   The default, scratch and compositional runs are train.py subprocesses (its own recipe and end-of-run
   evaluation), --jobs at once (default: CPU cores // --threads); each run folder keeps train.log, eval.json and
   timing.json (wall and CPU seconds), and the tables list both for every run.
@@ -70,9 +73,9 @@ class Settings:
     ablations: bool = True
     ablation_seeds: str = "0"         # seeds for the ablation runs (each costs as much as a main run)
     threads: int = 1                  # torch CPU threads per run (0 = torch's default; 1 keeps results exact)
-    parts: str = "papers"             # papers, default, scratch, compositional, finetune (comma-separated)
-    scratch_steps: int = 1000         # scratch, compositional: training steps of each run
-    scratch_seeds: str = "0,1,2"      # scratch, compositional: seeds of every loss
+    parts: str = "papers"             # papers, default, scratch, compositional, relations, finetune (comma-separated)
+    scratch_steps: int = 1000         # scratch, compositional, relations: training steps of each run
+    scratch_seeds: str = "0,1,2"      # scratch, compositional, relations: seeds of every row
     study_seeds: str = "0,1,2"        # finetune: seeds of every setting
     study_settings: int = 0           # finetune: run and tabulate only the first n settings of STUDY (0 = all)
     default_seeds: str = "0,1,2,3,4"  # default: seeds of `python train.py`
@@ -106,6 +109,15 @@ SCRATCH_ROWS = [
 ]
 COMPOSITIONAL_ROWS = [("SigLIP", ""), ("C2LIP", "--loss=c2lip"), ("DeGLA", "--loss=degla"), ("C2LIP+DeGLA", "--loss=c2lip+degla")]
 COMPOSITIONAL_FLAGS = "--world_split=compositional --relations"
+# relations (METHOD.md §2.7, §3.8), on the same world and budget: (name, train.py flags)
+RELATION_ROWS = [
+    ("SigLIP", ""),
+    ("C2LIP", "--loss=c2lip"),
+    ("DeGLA + relation negatives", "--loss=degla --relation_negatives"),
+    ("C2LIP + relation concepts", "--loss=c2lip --relation_concepts"),
+    ("C2LIP + relation concepts + negative concepts", "--loss=c2lip --relation_concepts --concept_negatives"),
+    ("C2LIP+DeGLA + all three", "--loss=c2lip+degla --relation_negatives --relation_concepts --concept_negatives"),
+]
 # the fine-tuning study: (name, loss, overrides of the fine-tune); a control with the same lr and steps goes with
 # each budget, so every C2LIP row has a like-for-like SigLIP row
 STUDY = [  # run in this order, setting by setting; the two plain rows are the papers part's main rows (same folders)
@@ -357,18 +369,24 @@ def scratch_runs(s):
     write_runs(s, "results_scratch", "From scratch: every loss", runs, seed_table(runs, seeds, COLUMNS, what))
 
 
-def compositional(s):
-    """from scratch on the compositional split with relation captions; seen and unseen tables"""
+def compositional(s, stem="compositional", rows=None, title="The compositional world, from scratch"):
+    """from scratch on the compositional split with relation captions; seen and unseen tables. Run folders
+    compositional_<row>_s<seed> for every row of either table, so the rows they share are trained once."""
     seeds = seeds_of(s.scratch_seeds)
-    runs = train_runs(s, "compositional", COMPOSITIONAL_ROWS, seeds, COMPOSITIONAL_FLAGS.split() + scratch_flags(s))
+    runs = train_runs(s, "compositional", rows or COMPOSITIONAL_ROWS, seeds, COMPOSITIONAL_FLAGS.split() + scratch_flags(s))
     what = f"seeds (from scratch, {s.scratch_steps} steps, batch {s.batch_size})"
-    md = "\n\n".join(f"### {part.capitalize()} compositions\n\n"
-                      + seed_table(runs, seeds, [(f"{part}/{k}", h) for k, h in SPLIT_COLUMNS], what)
-                      for part in ("seen", "unseen"))
-    write_runs(s, "results_compositional", "The compositional world, from scratch", runs, md)
+    md = "\n\n".join(f"### {split.capitalize()} compositions\n\n"
+                      + seed_table(runs, seeds, [(f"{split}/{k}", h) for k, h in SPLIT_COLUMNS], what)
+                      for split in ("seen", "unseen"))
+    write_runs(s, f"results_{stem}", title, runs, md)
 
 
-PARTS = ("papers", "default", "scratch", "compositional", "finetune")
+def relations(s):
+    """the relation methods on the compositional world (results_relations.md / .json)"""
+    compositional(s, "relations", RELATION_ROWS, "Relations on the compositional world, from scratch")
+
+
+PARTS = ("papers", "default", "scratch", "compositional", "relations", "finetune")
 
 
 def main(s):
@@ -381,7 +399,8 @@ def main(s):
     unknown = [p for p in parts if p not in PARTS]
     if unknown:
         raise cli.UsageError(f"--parts: unknown {', '.join(unknown)}; use any of {', '.join(PARTS)}")
-    for part, fn in (("default", default_runs), ("scratch", scratch_runs), ("compositional", compositional)):
+    for part, fn in (("default", default_runs), ("scratch", scratch_runs), ("compositional", compositional),
+                     ("relations", relations)):
         if part in parts:
             fn(s)
     if not {"papers", "finetune"} & set(parts):

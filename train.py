@@ -97,7 +97,6 @@ class Config:
     lr: float = 2e-3
     logit_lr_mult: float = 10.0      # lr multiplier of logit_scale and logit_bias (1.0 in the official recipes)
     warmup: int = 200                # 200, not 50: a short warm-up lets some seeds stall at the all-equal solution (METHOD.md §11)
-    init_logit_bias: float = -10.0   # b at step 0 of a run from scratch (0 = -ln(batch_size)); ignored with --init/--resume
     weight_decay: float = 0.1        # on tensors with dim >= 2 only
     beta1: float = 0.9
     beta2: float = 0.98
@@ -316,8 +315,6 @@ def build_model(cfg, mcfg, tokenizer, resume_ckpt, init_ckpt, device, log):
     mcfg.vocab_size = tokenizer.vocab_size
     torch.manual_seed(cfg.seed)  # same initial weights on every rank
     model = DualEncoder(mcfg)
-    if init_ckpt is None:  # from scratch: b at step 0 from the run's config
-        model.logit_bias.data.fill_(cfg.init_logit_bias or -math.log(cfg.batch_size))
     if init_ckpt is not None:
         try:
             model.load_state_dict(init_ckpt["model"])
