@@ -2,6 +2,7 @@
 Pictures of runs: training curves, and C2LIP's concept attention maps.
 
     python figures.py --runs=runs/siglip,runs/c2lip --out=curves.png     # loss terms, lr, t, b, evaluation
+    python figures.py --runs=runs/s0,runs/s1 --seeds=true --out=seeds.png  # what each kept checkpoint reads
     python evaluate.py --task=attention --ckpt=A/ckpt.pt --compare=B/ckpt.pt   # attention maps (drawn here)
 
 Both draw with matplotlib (imported when a figure is drawn, so the rest of the project does not need it).
@@ -182,6 +183,69 @@ def attention_figure(path, models, tokenizer, n_scenes=3, seed=0, image_size=32,
     return stats
 
 # -----------------------------------------------------------------------------
+# why a seed stalls: what the saved checkpoints of a run read, step by step (METHOD.md §11)
+
+
+def binding_scores(model, tokenizer, n=300, seed=0, image_size=32):
+    """on n held-out two-object scenes with two colours: text_swap_cos, the mean cosine between a caption's
+    embedding and that of the caption with the two colours swapped (1 = the text tower reads a bag of words);
+    swap_acc, how often the image prefers its caption to the swapped one; image_cos and caption_cos, the mean
+    pairwise cosine among the images and among the captions (near 1 = everything embedded alike)"""
+    scenes = list(itertools.islice(world.binding_scenes(world.TEST_SEED_OFFSET + seed + 7, image_size), n))
+    caps = [f"{world.object_phrase(a)} and {world.object_phrase(b)}" for _, (a, b) in scenes]
+    swapped = [f"{world.object_phrase({**a, 'colour': b['colour']})} and {world.object_phrase({**b, 'colour': a['colour']})}"
+               for _, (a, b) in scenes]
+    images = torch.stack([data.to_tensor(img) for img, _ in scenes])
+    model.eval()
+    with torch.no_grad():
+        x = model.encode_image(images)[0]
+        y, z = model.encode_text(tokenizer.encode(caps)), model.encode_text(tokenizer.encode(swapped))
+    off = ~torch.eye(len(scenes), dtype=torch.bool)
+    return {"text_swap_cos": (y * z).sum(-1).mean().item(), "swap_acc": ((x * y).sum(-1) > (x * z).sum(-1)).float().mean().item(),
+            "image_cos": (x @ x.T)[off].mean().item(), "caption_cos": (y @ y.T)[off].mean().item()}
+
+
+def checkpoint_steps(run_dir):
+    """{step: path} of the run's kept ckpt_<step>.pt files (train.py --ckpt_every, --keep_ckpts)"""
+    out = {}
+    for name in os.listdir(run_dir):
+        stem = name[len("ckpt_"):-len(".pt")] if name.startswith("ckpt_") and name.endswith(".pt") else ""
+        if stem.isdigit():
+            out[int(stem)] = os.path.join(run_dir, name)
+    return dict(sorted(out.items()))
+
+
+def seeds_figure(path, runs, n=300):
+    """PNG: loss, t and b from metrics.jsonl, and binding_scores at every kept checkpoint, for each run;
+    the scores also go to <run>/binding_scores.json. runs: [(name, run_dir)]"""
+    from checkpoint import load_checkpoint, model_from_checkpoint
+    plt = _pyplot()
+    keys = ["loss", "t", "b", "text_swap_cos", "swap_acc", "image_cos", "caption_cos"]
+    fig, axes = plt.subplots(2, 4, figsize=(20, 7), squeeze=False)
+    for name, run_dir in runs:
+        rows, _ = read_run(run_dir)
+        scores = []
+        for step, ckpt in checkpoint_steps(run_dir).items():
+            model, tok = model_from_checkpoint(load_checkpoint(ckpt))
+            scores.append({"step": step, **binding_scores(model, tok, n, image_size=model.cfg.image_size)})
+        with open(os.path.join(run_dir, "binding_scores.json"), "w") as f:
+            json.dump(scores, f, indent=1)
+        for ax, key in zip(axes.flat, keys):
+            pts = [(r["step"], r[key]) for r in (rows if key in ("loss", "t", "b") else scores) if key in r]
+            if pts:
+                ax.plot(*zip(*pts), label=name, marker="" if key in ("loss", "t", "b") else "o")
+    for ax, key in zip(axes.flat, keys):
+        ax.set_title(key)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    axes.flat[0].legend(fontsize=8)
+    axes.flat[-1].axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+# -----------------------------------------------------------------------------
 # command line
 
 
@@ -190,6 +254,7 @@ class CurvesConfig:
     runs: str = ""                   # comma-separated run folders (each train.py's --out_dir); required
     names: str = ""                  # comma-separated legend names (default: the folder names)
     out: str = "curves.png"          # the PNG to write
+    seeds: bool = False              # instead: loss, t, b and what every kept checkpoint reads (figures.seeds_figure)
 
 
 def main(cfg):
@@ -199,7 +264,7 @@ def main(cfg):
     names = cfg.names.split(",") if cfg.names else [os.path.basename(os.path.normpath(d)) for d in dirs]
     if len(names) != len(dirs):
         raise UsageError(f"--names has {len(names)} names for {len(dirs)} runs; give one per run")
-    curves_figure(cfg.out, list(zip(names, dirs)))
+    (seeds_figure if cfg.seeds else curves_figure)(cfg.out, list(zip(names, dirs)))
     print(f"wrote {cfg.out}")
 
 

@@ -94,3 +94,32 @@ def test_mean_std_cell():
     import reproduce
     # mean 23.33, sample std sqrt(((10-23.33)^2 + (20-23.33)^2 + (40-23.33)^2) / 2) = 15.28
     assert reproduce.fmt([0.1, 0.2, 0.4]) == "23.3 ± 15.3"
+
+
+def test_binding_scores_see_a_bag_of_words_text_tower():
+    import figures
+    import world
+    from model import WordTokenizer
+    tok = WordTokenizer(world.world_vocabulary(), 16)
+    torch.manual_seed(0)
+    m = DualEncoder(model_config("tiny", vocab_size=tok.vocab_size))
+    with torch.no_grad():
+        m.text.positional_embedding.zero_()  # no positions: a caption and its colour swap are the same multiset
+    bag = figures.binding_scores(m, tok, n=40)
+    assert bag["text_swap_cos"] == pytest.approx(1.0, abs=1e-5)  # (swap_acc is then a coin toss on rounding)
+    with torch.no_grad():
+        m.text.positional_embedding.normal_(std=0.5)
+    order = figures.binding_scores(m, tok, n=40)
+    assert order["text_swap_cos"] < 0.999 and 0 < order["swap_acc"] < 1
+    assert -1 < order["image_cos"] < 1 and -1 < order["caption_cos"] < 1
+
+
+def test_seeds_figure_scores_every_kept_checkpoint(tmp_path):
+    import figures
+    run = tmp_path / "run"
+    train.main(train.Config(steps=4, warmup=1, world_scenes=64, batch_size=16, eval=False, ckpt_every=2, keep_ckpts=5,
+                            log_every=1, out_dir=str(run)))
+    figures.main(figures.CurvesConfig(runs=str(run), seeds=True, out=str(tmp_path / "seeds.png")))
+    with open(run / "binding_scores.json") as f:
+        assert [r["step"] for r in json.load(f)] == [2, 4]
+    assert (tmp_path / "seeds.png").stat().st_size > 10_000
