@@ -1051,8 +1051,8 @@ def negatives_for(captions, k, seed, path="", vocab=None, keys=None, data="", lo
 
 
 def _negatives_job(args):
-    caption, k, seed = args
-    return hard_negatives(caption, k=k, seed=seed)
+    caption, k, seed, relations = args
+    return hard_negatives(caption, k=k, seed=seed, relations=relations)
 
 
 # -----------------------------------------------------------------------------
@@ -1071,6 +1071,7 @@ class ExtractConfig:
 class NegativesConfig(ExtractConfig):
     k: int = 4                       # hard negatives per caption (captions with fewer distinct ones are dropped)
     seed: int = 0                    # seed of the negative generator
+    relations: bool = False          # relation negatives in slots 2 and 4 (train.py --relation_negatives; METHOD.md §3.8)
 
 
 @dataclass
@@ -1108,7 +1109,7 @@ def extract_main(args):
 def negatives_main(args):
     records, keys, captions = _captions_of(args)
     t0 = time.perf_counter()
-    jobs = [(c, args.k, args.seed) for c in captions]
+    jobs = [(c, args.k, args.seed, args.relations) for c in captions]
     negs = _pool_map(_negatives_job, jobs, args.workers, "negatives")
     dt = time.perf_counter() - t0
     # a caption that cannot give k distinct negatives is dropped from the file (METHOD.md §3.8); shards add

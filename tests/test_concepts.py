@@ -410,6 +410,19 @@ def test_negatives_file_round_trip(tmp_path, capsys):
     assert C.load_negatives(str(out), k=2) == [C.hard_negatives(c, k=4, seed=0)[:2] for c in kept]
 
 
+def test_negatives_file_with_relation_negatives(tmp_path):
+    caps = ["A man riding a horse on a beach", "a red circle and a blue square"]
+    data = tmp_path / "data.jsonl"
+    write_jsonl(data, [{"caption": c, "image_id": i} for i, c in enumerate(caps)])
+    out = tmp_path / "neg.json"
+    C.main(["negatives", f"--data={data}", f"--out={out}", "--k=4", "--seed=0", "--relations=true"])
+    got = C.load_negatives(str(out), caps, k=4)
+    assert got == [C.hard_negatives(c, k=4, seed=0, relations=True) for c in caps]
+    assert got[0] != C.hard_negatives(caps[0], k=4, seed=0)
+    assert {"A horse riding a man on a beach", "A man riding a beach on a horse"} & set(got[0])  # a swap, slot 2
+    assert got[1] == C.hard_negatives(caps[1], k=4, seed=0)  # no relation: the default negatives
+
+
 def test_negatives_file_validation(tmp_path):
     path = tmp_path / "neg.json"
     good = {"image_id": 1, "original": "a dog", "enhanced": ["w", "x", "y", "z"]}
