@@ -107,6 +107,17 @@ def test_sugarcrepe_by_hand_with_groups_and_json(enc, tmp_path):
     assert doc["task"] == "image_caption_selection" and doc["language"] == "en"
 
 
+def test_sugarcrepe_replace_rel_is_read_and_grouped(enc, tmp_path):
+    # the relation subset (issue: relations) goes through the same reader and scorer, into the "replace" group
+    png(str(tmp_path / "coco/val2017" / "red.png"), "red")
+    dump({"0": {"filename": "red.png", "caption": "a red cube on a table", "negative_caption": "a blue cube on a table"},
+          "1": {"filename": "red.png", "caption": "a blue cube under a table", "negative_caption": "a red cube on a table"}},
+         str(tmp_path / "sugarcrepe/replace_rel.json"))
+    res = ev.run_benchmarks(enc, str(tmp_path), ["sugarcrepe"])
+    assert metrics_of(res, "sugar_crepe/replace_rel")["acc"] == 0.5
+    assert metrics_of(res, "sugar_crepe")["replace"] == 0.5
+
+
 def test_sugarcrepe_pp_itt_tot(enc, tmp_path):
     for c in ("red", "blue", "green"):
         png(str(tmp_path / "coco/val2017" / f"{c}.png"), c)
