@@ -301,10 +301,10 @@ def scratch_flags(s):
 def train_runs(s, part, rows, seeds, flags=()):
     """`python train.py <row's flags> <flags> --seed=S` for every (row, seed), as subprocesses, s.jobs at once, seed
     by seed (an interrupted reproduction has every row on the first seeds); a run whose folder has eval.json and
-    timing.json is reused. Folders: out_dir/<part>_<row>_s<seed> (<part>_s<seed> for a part of one row).
+    timing.json is reused. Folders: out_dir/<part>_<row>_s<seed> (default_s<seed> for `python train.py`).
     -> {name: [(seed, train.py's eval.json, timing) of each finished run]}"""
     done = lambda d: all(os.path.exists(os.path.join(d, f)) for f in ("eval.json", "timing.json"))
-    folder = lambda name, seed: f"{part}_s{seed}" if len(rows) == 1 else f"{part}_{slug(name)}_s{seed}"
+    folder = lambda name, seed: f"{part}_s{seed}" if part == "default" else f"{part}_{slug(name)}_s{seed}"
     dirs = {(name, seed): os.path.join(s.out_dir, folder(name, seed)) for seed in seeds for name, _ in rows}
     argv = {name: [sys.executable, os.path.join(HERE, "train.py")] + row_flags.split() + list(flags) for name, row_flags in rows}
     todo = [(d, argv[name] + [f"--seed={seed}", f"--out_dir={d}", "--overwrite=true"])
@@ -364,7 +364,11 @@ def default_runs(s):
 def scratch_runs(s):
     """every loss's from-scratch run over --scratch_seeds; results_scratch.md / .json"""
     seeds = seeds_of(s.scratch_seeds)
-    runs = train_runs(s, "scratch", SCRATCH_ROWS, seeds, scratch_flags(s))
+    flags = scratch_flags(s)
+    shared = flags == [f"--threads={s.threads}"]
+    runs = train_runs(s, "scratch", SCRATCH_ROWS[1:] if shared else SCRATCH_ROWS, seeds, flags)
+    if shared:  # at the default budget SigLIP's row is `python train.py` itself: the default part's run folders
+        runs = {**train_runs(s, "default", SCRATCH_ROWS[:1], seeds, flags), **runs}
     what = f"seeds (from scratch, {s.scratch_steps} steps, batch {s.batch_size})"
     write_runs(s, "results_scratch", "From scratch: every loss", runs, seed_table(runs, seeds, COLUMNS, what))
 

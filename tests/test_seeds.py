@@ -123,3 +123,16 @@ def test_seeds_figure_scores_every_kept_checkpoint(tmp_path):
     with open(run / "binding_scores.json") as f:
         assert [r["step"] for r in json.load(f)] == [2, 4]
     assert (tmp_path / "seeds.png").stat().st_size > 10_000
+
+
+def test_scratch_siglip_row_is_the_default_run_at_the_default_budget(tmp_path, monkeypatch):
+    import reproduce
+    monkeypatch.setattr(reproduce, "SCRATCH_ROWS", [("SigLIP", ""), ("C2LIP", "--loss=c2lip")])
+    metrics = {k: 0.5 for k, _ in reproduce.COLUMNS}
+    for folder in ("default_s0", "scratch_c2lip_s0"):  # finished runs, as train.py and run_jobs leave them
+        os.makedirs(tmp_path / folder)
+        (tmp_path / folder / "eval.json").write_text(json.dumps(metrics))
+        (tmp_path / folder / "timing.json").write_text(json.dumps({"wall_s": 60.0, "cpu_s": 50.0}))
+    res, md = reproduce_part(tmp_path, "scratch", train_=False, scratch_seeds="0")
+    assert [r["seed"] for r in res["runs"]["SigLIP"]] == [0] and [r["seed"] for r in res["runs"]["C2LIP"]] == [0]
+    assert not (tmp_path / "scratch_siglip_s0").exists()
