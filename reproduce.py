@@ -343,9 +343,9 @@ def write_runs(s, stem, title, runs, md):
     results = {"settings": asdict(s), "runs": {name: [{"seed": seed, "metrics": m, "timing": t} for seed, m, t in done]
                                               for name, done in runs.items()}}
     cpu = sum(t["cpu_s"] for done in runs.values() for _, _, t in done)
-    md = (f"## {title}\n\n{md}\n\nWall and CPU time of each run ({s.threads} thread(s) each, {s.jobs or 'cores // threads'} "
-          f"at once on {os.cpu_count()} CPU cores, torch {torch.__version__}; {cpu / 3600:.2f} CPU-hours in all):\n\n"
-          + timing_table(runs) + "\n")
+    md = (f"## {title}\n\n{md}\n\n### Wall and CPU time of each run\n\n{s.threads} thread(s) each, "
+          f"{s.jobs or 'cores // threads'} at once on {os.cpu_count()} CPU cores, torch {torch.__version__}; "
+          f"{cpu / 3600:.2f} CPU-hours in all.\n\n" + timing_table(runs) + "\n")
     write(s, stem, results, md)
 
 

@@ -63,14 +63,13 @@ def test_shard_index_rebuilt_after_a_rewrite_under_the_same_name(tmp_path):
 
 
 # ----------------------------------------------------------------------------- reproduce.py's tables
-def fake_run(out_dir, steps, metrics, eval_scenes):
-    """a finished run as reproduce.py sees it: a checkpoint at its final step and its cached world scores"""
+def fake_run(out_dir, metrics):
+    """a finished run as reproduce.py sees it: train.py's eval.json and run_jobs' timing.json"""
     os.makedirs(out_dir, exist_ok=True)
-    ckpt = os.path.join(out_dir, "ckpt.pt")
-    torch.save({"format": "c2lip-degla-ckpt/1", "step": steps}, ckpt)
-    key = {"ckpt_mtime_ns": os.stat(ckpt).st_mtime_ns, "eval_scenes": eval_scenes}
-    with open(os.path.join(out_dir, "world_scores.json"), "w") as f:
-        json.dump({"key": key, "metrics": metrics}, f)
+    with open(os.path.join(out_dir, "eval.json"), "w") as f:
+        json.dump(metrics, f)
+    with open(os.path.join(out_dir, "timing.json"), "w") as f:
+        json.dump({"wall_s": 60.0, "cpu_s": 55.0, "returncode": 0}, f)
 
 
 def metric_value(loss_i, seed, part_i, col_i):
@@ -82,8 +81,8 @@ def read_tables(md):
     """{section: {row: {header: cell}}} from markdown tables under '## ' headings"""
     out, section, head = {}, None, None
     for line in md.splitlines():
-        if line.startswith("## "):
-            section, head = line[3:].strip(), None
+        if line.startswith("#"):
+            section, head = line.lstrip("#").strip(), None
             out[section] = {}
         elif line.startswith("|") and not line.startswith("|---"):
             cells = [c.strip() for c in line.strip("|").split("|")]
@@ -110,18 +109,19 @@ def test_headers_name_their_metrics():
 def test_compositional_table_from_fake_scores(tmp_path):
     s = reproduce.Settings(out_dir=str(tmp_path), scratch_steps=7, scratch_seeds="0,1,2", eval_scenes=11, train=False)
     expected = {}
-    for li, (name, loss) in enumerate(reproduce.SCRATCH):
+    for li, (name, _) in enumerate(reproduce.COMPOSITIONAL_ROWS):
         for seed in (0, 1, 2):
             if name == "DeGLA" and seed == 2:
                 continue  # an unfinished run: left out, and the row says so
             metrics = {f"{part}/{key}": metric_value(li, seed, pi, ci)
                        for pi, part in enumerate(("seen", "unseen")) for ci, (key, _) in enumerate(reproduce.SPLIT_COLUMNS)}
-            fake_run(os.path.join(s.out_dir, f"compositional_{reproduce.slug(name)}_s{seed}"), 7, metrics, 11)
+            fake_run(os.path.join(s.out_dir, f"compositional_{reproduce.slug(name)}_s{seed}"), metrics)
             expected.setdefault(name, []).append(metrics)
-    reproduce.compositional(s, {})
+    reproduce.compositional(s)
     with open(os.path.join(s.out_dir, "results_compositional.md")) as f:
         tables = read_tables(f.read())
-    assert set(tables) == {"Seen compositions", "Unseen compositions"}
+    assert set(tables) == {"The compositional world, from scratch", "Seen compositions", "Unseen compositions",
+                           "Wall and CPU time of each run"}
     for part in ("seen", "unseen"):
         rows = tables[f"{part.capitalize()} compositions"]
         assert set(rows) == {"SigLIP", "C2LIP", "DeGLA (2 of 3 seeds)", "C2LIP+DeGLA"}
@@ -137,8 +137,9 @@ def test_compositional_table_from_fake_scores(tmp_path):
                 sd = math.sqrt(sum((v - sum(vals) / len(vals)) ** 2 for v in vals) / (len(vals) - 1))
                 assert float(std) == pytest.approx(sd, abs=0.051), (name, header)
     with open(os.path.join(s.out_dir, "results_compositional.json")) as f:
-        saved = json.load(f)["variants"]
-    assert saved["C2LIP"] == expected["C2LIP"] and saved["DeGLA (2 of 3 seeds)"] == expected["DeGLA"]
+        saved = json.load(f)["runs"]
+    assert [r["metrics"] for r in saved["C2LIP"]] == expected["C2LIP"]
+    assert [r["metrics"] for r in saved["DeGLA"]] == expected["DeGLA"] and [r["seed"] for r in saved["DeGLA"]] == [0, 1]
 
 
 def test_table_single_run_and_column_order():
