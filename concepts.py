@@ -692,13 +692,18 @@ def _relations(sent):
         return (c + 1 < len(spans) and spans[c][1] < len(words) and words[spans[c][1]] == "of"
                 and spans[c + 1][0] == spans[c][1] + 1 and words[spans[c][1] - 1] in PARTITIVES | _PART_NOUNS)
 
-    for a in range(len(spans)):
+    def trimmed_end(a):  # a chunk's end, less a relation word the tagger folded into it
         s1, e1 = spans[a]
         if e1 - s1 > 1 and words[e1 - 1] in ("left", "right") and e1 < len(words) and words[e1] == "of":
-            e1 -= 1  # the tagger reads "right" as a noun: "a car right" + "of a truck"
-        elif (e1 - s1 > 2 and a + 1 < len(spans) and spans[a + 1][0] == e1
-              and _REL_LEXICON.get((words[e1 - 1],)) in _ACTION_GROUPS):
-            e1 -= 1  # and "reading" as a noun: "an old man reading" + "a newspaper"
+            return e1 - 1  # the tagger reads "right" as a noun: "a car right" + "of a truck"
+        if (e1 - s1 > 2 and a + 1 < len(spans) and spans[a + 1][0] == e1
+                and _REL_LEXICON.get((words[e1 - 1],)) in _ACTION_GROUPS):
+            return e1 - 1  # and "reading" as a noun: "an old man reading" + "a newspaper"
+        return e1
+
+    ends = [trimmed_end(a) for a in range(len(spans))]  # the same as a left and as a right phrase
+    for a in range(len(spans)):
+        s1, e1 = spans[a][0], ends[a]
         best = None
         for b in range(a + 1, len(spans)):
             s2 = spans[b][0]
@@ -720,11 +725,11 @@ def _relations(sent):
                 ls = spans[c][0]
             else:
                 break
-        s2, e2 = spans[b]
+        s2, e2 = spans[b][0], ends[b]
         c = b
         while of_continues(c):
             c += 1
-            e2 = spans[c][1]
+            e2 = ends[c]
         be = e1 if words[e1] in _BE else None
         out.append(_Relation((ls, e1), (e1 + off, e1 + off + length), (s2, e2), g, be))
     sent._rels = out
@@ -822,11 +827,9 @@ def relation_concepts(captions, seed=0, vocab=None):
     around the relation swapped, the relation replaced): ([[phrase]], [[negative]]), no duplicates."""
     phrases, negatives = [], []
     for cap in captions:
-        sent = _Sentence(cap)
-        mine = list(dict.fromkeys(sent.render(sent.words[r.left[0]:r.right[1]], [""] + sent.gaps[r.left[0] + 1:r.right[1]])
-                                  for r in _relations(sent)))
-        if sent.capital:  # render capitalised the caption's first word; a concept starts in lower case
-            mine = [p[0].lower() + p[1:] if p[:1].isupper() and cap.strip().startswith(p[:1]) else p for p in mine]
+        sent = _Sentence(cap)  # (its first word already in lower case when the caption opens with a capital)
+        mine = list(dict.fromkeys("".join(g + w for g, w in zip([""] + sent.gaps[r.left[0] + 1:r.right[1]],
+                                                                 sent.words[r.left[0]:r.right[1]])) for r in _relations(sent)))
         negs = [n for p in mine for _, n in relation_negatives(p, seed, vocab)]
         seen = {_canon(p) for p in mine}
         negatives.append([n for n in dict.fromkeys(negs) if _canon(n) not in seen])

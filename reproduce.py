@@ -215,6 +215,8 @@ def score(ckpt_path, s):
 
 
 def fmt(values):
+    if not values:
+        return "–"
     if len(values) == 1:
         return f"{100 * values[0]:.1f}"
     return f"{100 * statistics.mean(values):.1f} ± {100 * statistics.stdev(values):.1f}"
@@ -273,17 +275,20 @@ def run_jobs(runs, jobs):
         while pending and len(running) < jobs:
             out_dir, argv = pending.pop(0)
             os.makedirs(out_dir, exist_ok=True)
+            for stale in ("eval.json", "timing.json"):  # a run that fails early must not leave an older result
+                if os.path.exists(os.path.join(out_dir, stale)):
+                    os.remove(os.path.join(out_dir, stale))
             log = open(os.path.join(out_dir, "train.log"), "w")
             print(f"== python {' '.join(argv[1:])}", flush=True)
             proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
-            running[proc.pid] = (out_dir, log, time.time())
+            running[proc.pid] = (out_dir, log, time.time(), argv)
         pid, status, usage = os.wait4(-1, 0)  # per child: its own CPU time, even with others still running
         if pid not in running:
             continue
-        out_dir, log, t0 = running.pop(pid)
+        out_dir, log, t0, argv = running.pop(pid)
         log.close()
-        timing = {"wall_s": time.time() - t0, "cpu_s": usage.ru_utime + usage.ru_stime,
-                  "started": t0, "ended": time.time(), "returncode": os.waitstatus_to_exitcode(status)}
+        timing = {"wall_s": time.time() - t0, "cpu_s": usage.ru_utime + usage.ru_stime, "started": t0,
+                  "ended": time.time(), "returncode": os.waitstatus_to_exitcode(status), "flags": run_flags(argv)}
         with open(os.path.join(out_dir, "timing.json"), "w") as f:
             json.dump(timing, f, indent=2)
         if timing["returncode"] != 0:
@@ -298,24 +303,42 @@ def scratch_flags(s):
     return flags + [f"--{k}={v}" for k, v in model.items() if k != "model" or v != "tiny"] + [f"--threads={s.threads}"]
 
 
+def run_flags(argv):
+    """what makes a run: its train.py flags, less where it writes"""
+    return [a for a in argv[2:] if not a.startswith(("--out_dir=", "--overwrite="))]
+
+
 def train_runs(s, part, rows, seeds, flags=()):
     """`python train.py <row's flags> <flags> --seed=S` for every (row, seed), as subprocesses, s.jobs at once, seed
     by seed (an interrupted reproduction has every row on the first seeds); a run whose folder has eval.json and
-    timing.json is reused. Folders: out_dir/<part>_<row>_s<seed> (default_s<seed> for `python train.py`).
-    -> {name: [(seed, train.py's eval.json, timing) of each finished run]}"""
-    done = lambda d: all(os.path.exists(os.path.join(d, f)) for f in ("eval.json", "timing.json"))
+    timing.json is reused when it ran the same flags and ended well; with --train=false every such folder is
+    tabulated, and one made by other flags is named on the console. Folders: out_dir/<part>_<row>_s<seed>
+    (default_s<seed> for `python train.py`). -> {name: [(seed, train.py's eval.json, timing) of each finished run]}"""
     folder = lambda name, seed: f"{part}_s{seed}" if part == "default" else f"{part}_{slug(name)}_s{seed}"
-    dirs = {(name, seed): os.path.join(s.out_dir, folder(name, seed)) for seed in seeds for name, _ in rows}
-    argv = {name: [sys.executable, os.path.join(HERE, "train.py")] + row_flags.split() + list(flags) for name, row_flags in rows}
-    todo = [(d, argv[name] + [f"--seed={seed}", f"--out_dir={d}", "--overwrite=true"])
-            for (name, seed), d in dirs.items() if not done(d)]
+    base = {name: [sys.executable, os.path.join(HERE, "train.py")] + row_flags.split() + list(flags) for name, row_flags in rows}
+    argv = {(name, seed): base[name] + [f"--seed={seed}", f"--out_dir={os.path.join(s.out_dir, folder(name, seed))}",
+                                        "--overwrite=true"] for seed in seeds for name, _ in rows}
+
+    def finished(key):  # (eval, timing) of a run that ended well in the key's folder, or None
+        d = os.path.join(s.out_dir, folder(*key))
+        if not all(os.path.exists(os.path.join(d, f)) for f in ("eval.json", "timing.json")):
+            return None
+        with open(os.path.join(d, "eval.json")) as f, open(os.path.join(d, "timing.json")) as g:
+            metrics, timing = json.load(f), json.load(g)
+        return (metrics, timing) if timing.get("returncode", 0) == 0 else None
+
+    same = lambda key, run: run is not None and run[1].get("flags") == run_flags(argv[key])
+    todo = [(os.path.join(s.out_dir, folder(*key)), a) for key, a in argv.items() if not same(key, finished(key))]
     if s.train and todo:
         run_jobs(todo, s.jobs or max(1, (os.cpu_count() or 1) // max(1, s.threads)))
     out = {name: [] for name, _ in rows}
-    for (name, seed), d in dirs.items():
-        if done(d):
-            with open(os.path.join(d, "eval.json")) as f, open(os.path.join(d, "timing.json")) as g:
-                out[name].append((seed, json.load(f), json.load(g)))
+    for (name, seed) in argv:
+        run = finished((name, seed))
+        if run is not None and (same((name, seed), run) or not s.train):
+            if not same((name, seed), run):
+                print(f"note: {folder(name, seed)} was made by {run[1].get('flags', 'unrecorded flags')}, "
+                      f"not {run_flags(argv[(name, seed)])}; tabulated as it is (--train=false)")
+            out[name].append((seed, *run))
     return out
 
 
@@ -327,8 +350,7 @@ def seed_table(runs, seeds, columns, what, per_seed=False):
             rows += [(f"seed {seed}", [m]) for seed, m, _ in done]
         if len(done) < len(seeds):
             name = f"{name} ({len(done)} of {len(seeds)} seeds)"
-        if done and (len(done) > 1 or not per_seed):
-            rows.append((f"{name}: mean ± std" if per_seed else name, [m for _, m, _ in done]))
+        rows.append((f"{name}: mean ± std" if per_seed else name, [m for _, m, _ in done]))
     return table(rows, sorted(seeds), columns, what)
 
 
@@ -365,7 +387,7 @@ def scratch_runs(s):
     """every loss's from-scratch run over --scratch_seeds; results_scratch.md / .json"""
     seeds = seeds_of(s.scratch_seeds)
     flags = scratch_flags(s)
-    shared = flags == [f"--threads={s.threads}"]
+    shared = flags == [f"--threads={s.threads}"] and not s.default_args
     runs = train_runs(s, "scratch", SCRATCH_ROWS[1:] if shared else SCRATCH_ROWS, seeds, flags)
     if shared:  # at the default budget SigLIP's row is `python train.py` itself: the default part's run folders
         runs = {**train_runs(s, "default", SCRATCH_ROWS[:1], seeds, flags), **runs}

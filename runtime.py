@@ -26,7 +26,8 @@ from model import PRESETS, ModelConfig, model_config
 
 RESUME_KEYS = ("data", "model", "image_size", "loss", "batch_size", "seed", "world_scenes", "world_seed", "min_objects",
                "max_objects", "world_split", "relations", "num_negatives", "concepts", "negatives", "caption_key",
-               "resampled", "samples_per_epoch", "shuffle_window")  # what must not change under --resume
+               "resampled", "samples_per_epoch", "shuffle_window", "relation_negatives", "relation_concepts",
+               "concept_negatives")  # what must not change under --resume
 
 
 def check_resume_config(saved, cfg, path):
@@ -207,9 +208,13 @@ def check_config(cfg, world_size, loss_names):
     check_choice("device", cfg.device, ("auto", "cpu", "cuda"))
     check_choice("precision", cfg.precision, ("auto", "bf16", "fp32"))
     check_choice("adamw", cfg.adamw, ("auto", "fused", "foreach"))
-    for flag in ("relation_concepts", "concept_negatives"):
-        if getattr(cfg, flag) and cfg.loss not in ("c2lip", "c2lip+degla"):
-            raise UsageError(f"--{flag} adds to C2LIP's concept losses; use it with --loss=c2lip or c2lip+degla")
+    for flag, losses_ in (("relation_concepts", ("c2lip", "c2lip+degla")), ("concept_negatives", ("c2lip", "c2lip+degla")),
+                          ("relation_negatives", ("degla", "c2lip+degla"))):
+        if getattr(cfg, flag) and cfg.loss not in losses_:
+            raise UsageError(f"--{flag} adds to the {'concept losses' if 'c2lip' in losses_ else 'hard negatives'}; "
+                             f"use it with --loss={' or '.join(losses_)}")
+        if getattr(cfg, flag) and cfg.data == "world" and not cfg.relations:
+            raise UsageError(f"--{flag}: the world's captions state no relation without --relations; add it")
     if cfg.grad_clip < 0:
         raise UsageError(f"--grad_clip={cfg.grad_clip}: a norm must be positive (0 turns clipping off)")
     if cfg.batch_size % world_size:

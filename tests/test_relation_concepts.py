@@ -81,3 +81,27 @@ def test_a_short_run_trains_with_both(tmp_path):
     import json
     rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
     assert [r["step"] for r in rows if "npc" in r] == [1, 2] and all(r["npc"] > 0 for r in rows if "npc" in r)
+
+
+def test_a_chunk_trimmed_as_a_left_phrase_is_trimmed_as_a_right_one_too():
+    # the tagger folds "right" (of "right of") and "reading" into the chunk before; that chunk is also the
+    # right-hand phrase of the relation before it
+    phrases, negs = concepts.relation_concepts(["a dog behind a car right of a truck", "a dog under an old man reading a book"])
+    assert phrases == [["a dog behind a car", "a car right of a truck"], ["a dog under an old man", "an old man reading a book"]]
+    assert "a car behind a dog" in negs[0] and "an old man under a dog" in negs[1]
+    assert concepts.hard_negatives("a dog behind a car right of a truck", 4, 0, None, True)[1] == "a dog behind a truck right of a car"
+
+
+def test_relation_concepts_are_lower_case_after_the_first_clause():
+    phrases, negs = concepts.relation_concepts(["The dog is under the table, and a cat is on the chair"])
+    assert phrases == [["the dog is under the table", "a cat is on the chair"]]
+    assert all(n[0].islower() for n in negs[0])
+
+
+def test_relation_flags_are_checked():
+    import runtime
+    with pytest.raises(runtime.UsageError, match="--relation_negatives adds to the hard negatives"):
+        runtime.check_config(train.Config(loss="c2lip", relation_negatives=True, relations=True), 1, train.LOSSES)
+    with pytest.raises(runtime.UsageError, match="add it"):  # the world without --relations has no relation to read
+        runtime.check_config(train.Config(loss="c2lip", relation_concepts=True), 1, train.LOSSES)
+    assert {"relation_negatives", "relation_concepts", "concept_negatives"} <= set(runtime.RESUME_KEYS)

@@ -26,9 +26,9 @@ def test_default_recipe_pins():
 TINY = "--steps=3 --warmup=1 --world_scenes=64 --batch_size=16 --eval_scenes=16 --log_every=1 --ckpt_every=3"
 
 
-def reproduce_part(tmp_path, part="default", jobs=2, train_=True, **kw):
+def reproduce_part(tmp_path, part="default", jobs=2, train_=True, default_args=TINY, **kw):
     import reproduce
-    s = reproduce.Settings(out_dir=str(tmp_path), parts=part, default_args=TINY, jobs=jobs, train=train_, **kw)
+    s = reproduce.Settings(out_dir=str(tmp_path), parts=part, default_args=default_args, jobs=jobs, train=train_, **kw)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     reproduce.main(s)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -133,6 +133,35 @@ def test_scratch_siglip_row_is_the_default_run_at_the_default_budget(tmp_path, m
         os.makedirs(tmp_path / folder)
         (tmp_path / folder / "eval.json").write_text(json.dumps(metrics))
         (tmp_path / folder / "timing.json").write_text(json.dumps({"wall_s": 60.0, "cpu_s": 50.0}))
-    res, md = reproduce_part(tmp_path, "scratch", train_=False, scratch_seeds="0")
+    res, md = reproduce_part(tmp_path, "scratch", train_=False, scratch_seeds="0", default_args="")
     assert [r["seed"] for r in res["runs"]["SigLIP"]] == [0] and [r["seed"] for r in res["runs"]["C2LIP"]] == [0]
     assert not (tmp_path / "scratch_siglip_s0").exists()
+
+
+def test_a_run_is_reused_only_for_the_same_flags_and_a_clean_exit(tmp_path, monkeypatch):
+    import reproduce
+    launched = []
+
+    def fake_jobs(runs, jobs, returncode=0):  # what run_jobs leaves behind, without training
+        for out_dir, argv in runs:
+            launched.append(reproduce.run_flags(argv))
+            os.makedirs(out_dir, exist_ok=True)
+            (open(os.path.join(out_dir, "eval.json"), "w")).write(json.dumps({k: 0.5 for k, _ in reproduce.COLUMNS}))
+            (open(os.path.join(out_dir, "timing.json"), "w")).write(json.dumps(
+                {"wall_s": 1.0, "cpu_s": 1.0, "returncode": fake_jobs.rc, "flags": reproduce.run_flags(argv)}))
+    fake_jobs.rc = 0
+    monkeypatch.setattr(reproduce, "run_jobs", fake_jobs)
+    run = lambda args, train_=True: reproduce_part(tmp_path, default_seeds="0", default_args=args, train_=train_)[0]
+    run("--steps=5")
+    run("--steps=5")
+    assert launched == [["--steps=5", "--threads=1", "--seed=0"]]  # the second call reused it
+    res = run("--steps=6")  # other flags, same folder: trained again, not reused
+    assert len(launched) == 2 and [r["timing"]["flags"] for r in res["runs"]["python train.py --steps=6"]] == [launched[1]]
+    fake_jobs.rc = 1
+    res = run("--steps=7")  # a run that failed is not tabulated ...
+    assert res["runs"]["python train.py --steps=7"] == []
+    fake_jobs.rc = 0
+    run("--steps=7")  # ... and runs again next time
+    assert len(launched) == 4
+    res = run("--steps=8", train_=False)  # --train=false tabulates what is there, whatever made it
+    assert len(launched) == 4 and len(res["runs"]["python train.py --steps=8"]) == 1
