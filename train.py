@@ -262,6 +262,7 @@ def build_data(cfg, mcfg, log=print, tokenizer=None):
         dataset = data.CaptionFileDataset(cfg.data, mcfg.image_size, train=True, image_key=cfg.image_key,
                                           caption_key=cfg.caption_key, seed=cfg.seed, on_error=cfg.bad_data)
     keys = getattr(dataset, "keys", None)  # shards: caches and negatives files are joined by sample key
+    vocab = set(world.world_vocabulary(cfg.relations)) if cfg.data == "world" else None  # replacements stay in-vocabulary
     annotations = {}
     if uses_concepts(cfg.loss):
         if cfg.concepts:
@@ -272,7 +273,6 @@ def build_data(cfg, mcfg, log=print, tokenizer=None):
             log(f"concepts: extracted for {len(dataset)} captions in {time.time() - t0:.1f}s "
                 f"with tagger {concepts.tagger_name()}")
         if cfg.relation_concepts or cfg.concept_negatives:  # METHOD.md §2.7
-            vocab = set(world.world_vocabulary(cfg.relations)) if cfg.data == "world" else None
             rel, neg = concepts.relation_concepts(dataset.captions, cfg.seed, vocab)
             if cfg.data == "world" and cfg.world_split != "default":  # no held-out pair or fact in any training text
                 neg = [[n for n in negs if not world.names_held_out(n)] for negs in neg]
@@ -285,7 +285,6 @@ def build_data(cfg, mcfg, log=print, tokenizer=None):
         n = [len(c) for c in annotations["concepts"]]
         log(f"concepts: {sum(n) / len(n):.2f} per caption on average, max {max(n)}")
     if uses_negatives(cfg.loss):
-        vocab = set(world.world_vocabulary(cfg.relations)) if cfg.data == "world" else None  # replacements stay in-vocabulary
         annotations["negatives"], keep = concepts.negatives_for(dataset.captions, cfg.num_negatives, cfg.seed, cfg.negatives,
                                                                     vocab, keys, cfg.data, log, relations=cfg.relation_negatives)
         if cfg.data == "world" and cfg.world_split != "default":  # no held-out pair or fact in any training text
