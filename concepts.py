@@ -820,21 +820,36 @@ def relation_negatives(caption, seed=0, vocab=None):
     return out
 
 
-def relation_concepts(captions, seed=0, vocab=None):
+def relation_concepts(captions, seed=0, vocab=None, negatives=True):
     """For --relation_concepts and --concept_negatives (METHOD.md §2.7): per caption, its "subject relation
     object" phrases as concepts ("a red circle left of a blue square"; determiners kept, as in every concept),
     and per caption the negative concepts made from those phrases by the two relation types (the phrases
-    around the relation swapped, the relation replaced): ([[phrase]], [[negative]]), no duplicates."""
-    phrases, negatives = [], []
+    around the relation swapped, the relation replaced): ([[phrase]], [[negative]]), no duplicates;
+    negatives=False leaves the negative lists empty (they cost most of the time)."""
+    phrases, negs = [], []
     for cap in captions:
         sent = _Sentence(cap)  # (its first word already in lower case when the caption opens with a capital)
         mine = list(dict.fromkeys("".join(g + w for g, w in zip([""] + sent.gaps[r.left[0] + 1:r.right[1]],
                                                                  sent.words[r.left[0]:r.right[1]])) for r in _relations(sent)))
-        negs = [n for p in mine for _, n in relation_negatives(p, seed, vocab)]
+        made = [n for p in mine for _, n in relation_negatives(p, seed, vocab)] if negatives else []
         seen = {_canon(p) for p in mine}
-        negatives.append([n for n in dict.fromkeys(negs) if _canon(n) not in seen])
+        negs.append([n for n in dict.fromkeys(made) if _canon(n) not in seen])
         phrases.append(mine)
-    return phrases, negatives
+    return phrases, negs
+
+
+def add_relation_concepts(annotations, captions, seed=0, vocab=None, phrases=True, negatives=True, drop=None, log=print):
+    """annotations["concepts"] (each caption's noun phrases) gains its relation phrases (phrases=True) and
+    annotations["concept_negatives"] their negative concepts (negatives=True), less any that drop(text) names
+    (a held-out fact). In place; the counts go to log."""
+    rel, neg = relation_concepts(captions, seed, vocab, negatives)
+    if phrases:
+        annotations["concepts"] = [c + r for c, r in zip(annotations["concepts"], rel)]
+    if negatives:
+        annotations["concept_negatives"] = [[n for n in ns if not (drop and drop(n))] for ns in neg]
+    log(f"relation concepts: {sum(map(bool, rel)) / max(1, len(rel)):.0%} of captions state a relation"
+        + (f"; {sum(map(len, annotations['concept_negatives'])) / max(1, len(neg)):.2f} negative concepts per caption"
+           if negatives else ""))
 
 
 NEGATIVE_TYPES = {

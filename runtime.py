@@ -198,9 +198,10 @@ class Env:
         return self.rank == 0
 
 
-def check_config(cfg, world_size, loss_names):
-    """the mistakes a train.py flag can make, found before anything is loaded"""
-    check_choice("loss", cfg.loss, loss_names)
+def check_config(cfg, world_size, losses):
+    """the mistakes a train.py flag can make, found before anything is loaded. losses: {name: what it reads
+    besides the captions} (train.LOSSES)"""
+    check_choice("loss", cfg.loss, tuple(losses))
     check_choice("world_split", cfg.world_split, world.WORLD_SPLITS)
     check_choice("bad_data", cfg.bad_data, ("skip", "error"))
     check_choice("nonfinite", cfg.nonfinite, ("stop", "skip"))
@@ -208,11 +209,10 @@ def check_config(cfg, world_size, loss_names):
     check_choice("device", cfg.device, ("auto", "cpu", "cuda"))
     check_choice("precision", cfg.precision, ("auto", "bf16", "fp32"))
     check_choice("adamw", cfg.adamw, ("auto", "fused", "foreach"))
-    for flag, losses_ in (("relation_concepts", ("c2lip", "c2lip+degla")), ("concept_negatives", ("c2lip", "c2lip+degla")),
-                          ("relation_negatives", ("degla", "c2lip+degla"))):
-        if getattr(cfg, flag) and cfg.loss not in losses_:
-            raise UsageError(f"--{flag} adds to the {'concept losses' if 'c2lip' in losses_ else 'hard negatives'}; "
-                             f"use it with --loss={' or '.join(losses_)}")
+    for flag, reads in (("relation_concepts", "concepts"), ("concept_negatives", "concepts"), ("relation_negatives", "negatives")):
+        if getattr(cfg, flag) and reads not in losses[cfg.loss]:
+            raise UsageError(f"--{flag} adds to the {'concept losses' if reads == 'concepts' else 'hard negatives'}; "
+                             f"use it with --loss={' or '.join(n for n, r in losses.items() if reads in r)}")
         if getattr(cfg, flag) and cfg.data == "world" and not cfg.relations:
             raise UsageError(f"--{flag}: the world's captions state no relation without --relations; add it")
     if cfg.grad_clip < 0:

@@ -167,15 +167,16 @@ def configure_optimizer(model, cfg, log=print):
         raise UsageError(f"--adamw=fused: {str(e).splitlines()[0][:200]}; use --adamw=foreach") from None
 
 
-LOSSES = ("siglip", "c2lip", "degla", "c2lip+degla")
+# each loss and what it reads besides the captions: concepts (C2LIP), hard negatives and the EMA teacher (DeGLA)
+LOSSES = {"siglip": (), "c2lip": ("concepts",), "degla": ("negatives",), "c2lip+degla": ("concepts", "negatives")}
 
 
 def uses_concepts(loss):
-    return loss in ("c2lip", "c2lip+degla")
+    return "concepts" in LOSSES[loss]
 
 
-def uses_negatives(loss):  # and the EMA teacher
-    return loss in ("degla", "c2lip+degla")
+def uses_negatives(loss):
+    return "negatives" in LOSSES[loss]
 
 
 def text_groups(loss, concept_negatives=False):
@@ -272,16 +273,10 @@ def build_data(cfg, mcfg, log=print, tokenizer=None):
             annotations["concepts"] = concepts.extract_concepts_batch(dataset.captions)
             log(f"concepts: extracted for {len(dataset)} captions in {time.time() - t0:.1f}s "
                 f"with tagger {concepts.tagger_name()}")
-        if cfg.relation_concepts or cfg.concept_negatives:  # METHOD.md §2.7
-            rel, neg = concepts.relation_concepts(dataset.captions, cfg.seed, vocab)
-            if cfg.data == "world" and cfg.world_split != "default":  # no held-out pair or fact in any training text
-                neg = [[n for n in negs if not world.names_held_out(n)] for negs in neg]
-            if cfg.relation_concepts:
-                annotations["concepts"] = [c + r for c, r in zip(annotations["concepts"], rel)]
-            if cfg.concept_negatives:
-                annotations["concept_negatives"] = neg
-            log(f"relation concepts: {sum(map(bool, rel)) / len(rel):.0%} of captions state a relation; "
-                f"{sum(map(len, neg)) / len(neg):.2f} negative concepts per caption")
+        if cfg.relation_concepts or cfg.concept_negatives:  # METHOD.md §2.7; no held-out fact in any training text
+            held_out = world.names_held_out if cfg.data == "world" and cfg.world_split != "default" else None
+            concepts.add_relation_concepts(annotations, dataset.captions, cfg.seed, vocab, cfg.relation_concepts,
+                                           cfg.concept_negatives, held_out, log)
         n = [len(c) for c in annotations["concepts"]]
         log(f"concepts: {sum(n) / len(n):.2f} per caption on average, max {max(n)}")
     if uses_negatives(cfg.loss):

@@ -67,6 +67,19 @@ def test_build_data_adds_relation_concepts_and_clean_negative_concepts():
     assert train.text_groups(cfg.loss, cfg.concept_negatives) == ("concepts", "concept_negatives")
 
 
+def test_each_flag_alone():
+    caps = ["A man riding a horse on a beach", "a bowl of fruit"]
+    both, alone = concepts.relation_concepts(caps), concepts.relation_concepts(caps, negatives=False)
+    assert alone[0] == both[0] and alone[1] == [[], []] and both[1][0]  # phrases only: no negative is made
+    base = lambda: {"concepts": [concepts.extract_concepts(c) for c in caps]}
+    only_rel, only_neg = base(), base()
+    concepts.add_relation_concepts(only_rel, caps, negatives=False, log=lambda *a: None)
+    concepts.add_relation_concepts(only_neg, caps, phrases=False, drop=lambda n: "beach" in n, log=lambda *a: None)
+    assert set(only_rel) == {"concepts"} and only_rel["concepts"][0] == base()["concepts"][0] + both[0][0]
+    assert only_neg["concepts"] == base()["concepts"]
+    assert only_neg["concept_negatives"][0] == [n for n in both[1][0] if "beach" not in n] != both[1][0]
+
+
 def test_flags_need_a_concept_loss(tmp_path):
     import runtime
     with pytest.raises(runtime.UsageError, match="--concept_negatives"):
