@@ -3,6 +3,7 @@ Pictures of runs: training curves, and C2LIP's concept attention maps.
 
     python figures.py --runs=runs/siglip,runs/c2lip --out=curves.png     # loss terms, lr, t, b, evaluation
     python figures.py --runs=runs/s0,runs/s1 --seeds=true --out=seeds.png  # what each kept checkpoint reads
+    python figures.py --runs=runs/a,runs/b --relations=true               # a table: how each run reads relations
     python evaluate.py --task=attention --ckpt=A/ckpt.pt --compare=B/ckpt.pt   # attention maps (drawn here)
 
 Both draw with matplotlib (imported when a figure is drawn, so the rest of the project does not need it).
@@ -13,6 +14,7 @@ import json
 import os
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 import data
@@ -205,6 +207,44 @@ def binding_scores(model, tokenizer, n=300, seed=0, image_size=32):
             "image_cos": (x @ x.T)[off].mean().item(), "caption_cos": (y @ y.T)[off].mean().item()}
 
 
+def relation_scores(model, tokenizer, folder):
+    """on a folder of the world's relation tests (world.export_world_relations): text_swap_cos, the mean cosine
+    between a relation caption and its swap ("a red circle left of a blue square" / "a blue square left of a red
+    circle"; 1 = the text tower reads the phrases around the relation as a bag of words), and swap_acc, how often
+    the image prefers the true caption (ties wrong, as the benchmark's scorer counts them)"""
+    with open(os.path.join(folder, "swap_rel.json")) as f:
+        records = list(json.load(f).values())
+    images = torch.stack([data.to_tensor(np.array(data.load_image(os.path.join(folder, "images", r["filename"]))))
+                          for r in records])
+    model.eval()
+    with torch.no_grad():
+        x = model.encode_image(images)[0]
+        y = model.encode_text(tokenizer.encode([r["caption"] for r in records]))
+        z = model.encode_text(tokenizer.encode([r["negative_caption"] for r in records]))
+    return {"text_swap_cos": (y * z).sum(-1).mean().item(), "swap_acc": ((x * y).sum(-1) > (x * z).sum(-1)).float().mean().item(),
+            "records": len(records)}
+
+
+def relations_table(runs, root, n=1000, seed=0):
+    """relation_scores of each run's ckpt.pt on the seen and on the unseen relation tests of the compositional
+    world (exported under root at the model's image size), printed and written to <run>/relation_scores.json.
+    runs: [(name, run_dir)]"""
+    from checkpoint import load_checkpoint, model_from_checkpoint
+    width, folders = max(len(name) for name, _ in runs) + 2, {}
+    print(f"{'run':{width}s} text_swap_cos seen / unseen   swap_acc seen / unseen")
+    for name, run_dir in runs:
+        model, tok = model_from_checkpoint(load_checkpoint(os.path.join(run_dir, "ckpt.pt")))
+        size = model.cfg.image_size
+        for part in ("seen", "unseen"):
+            if (part, size) not in folders:
+                folders[part, size] = world.export_world_relations(os.path.join(root, f"{part}_{size}"), n, seed, size, part)
+        scores = {part: relation_scores(model, tok, folders[part, size]) for part in ("seen", "unseen")}
+        with open(os.path.join(run_dir, "relation_scores.json"), "w") as f:
+            json.dump(scores, f, indent=1)
+        print(f"{name:{width}s} {scores['seen']['text_swap_cos']:18.3f} / {scores['unseen']['text_swap_cos']:.3f}"
+              f" {100 * scores['seen']['swap_acc']:17.1f} / {100 * scores['unseen']['swap_acc']:.1f}")
+
+
 def checkpoint_steps(run_dir):
     """{step: path} of the run's kept ckpt_<step>.pt files (train.py --ckpt_every, --keep_ckpts)"""
     out = {}
@@ -255,6 +295,7 @@ class CurvesConfig:
     names: str = ""                  # comma-separated legend names (default: the folder names)
     out: str = "curves.png"          # the PNG to write
     seeds: bool = False              # instead: loss, t, b and what every kept checkpoint reads (figures.seeds_figure)
+    relations: bool = False          # instead: print how each run's ckpt.pt reads the relation swap (figures.relations_table)
 
 
 def main(cfg):
@@ -264,6 +305,10 @@ def main(cfg):
     names = cfg.names.split(",") if cfg.names else [os.path.basename(os.path.normpath(d)) for d in dirs]
     if len(names) != len(dirs):
         raise UsageError(f"--names has {len(names)} names for {len(dirs)} runs; give one per run")
+    if cfg.relations:
+        import tempfile
+        with tempfile.TemporaryDirectory() as root:
+            return relations_table(list(zip(names, dirs)), root)
     (seeds_figure if cfg.seeds else curves_figure)(cfg.out, list(zip(names, dirs)))
     print(f"wrote {cfg.out}")
 

@@ -114,6 +114,32 @@ def test_binding_scores_see_a_bag_of_words_text_tower():
     assert -1 < order["image_cos"] < 1 and -1 < order["caption_cos"] < 1
 
 
+def test_relation_scores_agree_with_the_benchmark_scorer(tmp_path):
+    # swap_acc is the evaluator's swap_rel accuracy on the same folder; a text tower without positions reads a
+    # relation caption and its swap as one bag of words (cosine 1; swap_acc then a coin toss on rounding)
+    import evaluate
+    import figures
+    import world
+    from model import WordTokenizer
+    tok = WordTokenizer(world.world_vocabulary(True), 16)
+    folder = world.export_world_relations(str(tmp_path / "rel"), 60, 3, part="seen")
+    torch.manual_seed(0)
+    m = DualEncoder(model_config("tiny", vocab_size=tok.vocab_size))
+    with torch.no_grad():
+        m.text.positional_embedding.normal_(std=0.5)
+    mine = figures.relation_scores(m, tok, folder)
+    theirs = evaluate.eval_sugarcrepe(evaluate.Encoder(m, tok, "cpu", 32), folder, os.path.join(folder, "images"), False,
+                                      prefix="relation")
+    with open(os.path.join(folder, "swap_rel.json")) as f:
+        assert mine["records"] == len(json.load(f)) >= 50 and mine["text_swap_cos"] < 1 - 2e-5
+    assert mine["swap_acc"] == pytest.approx(next(r["metrics"]["acc"] for r in theirs if r["dataset"] == "relation/swap_rel"),
+                                             abs=1e-6)  # one record of 56 would move it by 0.018
+    with torch.no_grad():
+        m.text.positional_embedding.zero_()
+    bag = figures.relation_scores(m, tok, folder)
+    assert bag["text_swap_cos"] == pytest.approx(1.0, abs=1e-5)
+
+
 def test_seeds_figure_scores_every_kept_checkpoint(tmp_path):
     import figures
     run = tmp_path / "run"
