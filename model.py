@@ -53,6 +53,7 @@ class ModelConfig:
     act: str = ""              # old checkpoints' one activation for both towers; when set, it sets the two above
     init_logit_scale: float = math.log(10.0)
     init_logit_bias: float = -10.0
+    image_pos_std: float = 0.02  # init std of the image tower's position embeddings (from scratch; METHOD.md §12)
 
     def __post_init__(self):
         if self.act:  # a model_config dict saved before the per-tower activations
@@ -396,7 +397,7 @@ class DualEncoder(nn.Module):
         # large as the token ones (CLIP's 0.01 left some seeds reading captions as bags of words, METHOD.md §11)
         nn.init.normal_(self.text.token_embedding.weight, std=0.02)
         nn.init.normal_(self.text.positional_embedding, std=0.02)
-        nn.init.normal_(self.visual.pos_embed, std=0.02)
+        nn.init.normal_(self.visual.pos_embed, std=cfg.image_pos_std)
         nn.init.normal_(self.visual.attn_pool.latent, std=cfg.width ** -0.5)
 
     def _init_weights(self, m):

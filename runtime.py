@@ -290,12 +290,16 @@ def load_start(cfg, log):
         check_resume_config(resume_ckpt["config"], cfg, ckpt_path)
     if init_ckpt is not None:
         mcfg = ModelConfig(**init_ckpt["model_config"])
+        if cfg.image_pos_std and cfg.init:
+            raise UsageError(f"--image_pos_std sets how a model starts from scratch; --init={cfg.init} brings its own "
+                             f"weights: drop one of the two")
         if cfg.image_size and cfg.image_size != mcfg.image_size:
             raise UsageError(f"--image_size={cfg.image_size} does not match the checkpoint's {mcfg.image_size}; "
                              f"drop --image_size or start from scratch")
     else:
         try:
-            mcfg = model_config(cfg.model, **({"image_size": cfg.image_size} if cfg.image_size else {}))
+            mcfg = model_config(cfg.model, **({"image_size": cfg.image_size} if cfg.image_size else {}),
+                                **({"image_pos_std": cfg.image_pos_std} if cfg.image_pos_std else {}))
         except KeyError:
             raise UsageError(f"--model={cfg.model}: unknown preset; expected one of "
                              f"{', '.join(PRESETS)}") from None

@@ -71,6 +71,7 @@ class Config:
     # model
     model: str = "tiny"              # size preset in model.PRESETS: tiny, S/16, B/16
     image_size: int = 0              # 0 = the preset's
+    image_pos_std: float = 0.0       # 0 = the model's (0.02); from scratch: init std of the image position embeddings (METHOD.md §12)
     # loss
     loss: str = "siglip"             # siglip | c2lip | degla | c2lip+degla (L_base + C2LIP's concept losses + DeGLA's)
     npc_weight: float = 1.0          # C2LIP: weight of L_npc
