@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import math
 import os
@@ -21,6 +22,28 @@ def test_default_recipe_pins():
         m = DualEncoder(model_config("tiny", vocab_size=64))
         stds += [m.text.positional_embedding.std().item(), m.text.token_embedding.weight.std().item()]
     assert all(abs(s - 0.02) < 0.002 for s in stds)
+
+
+def test_image_pos_std_sets_the_start_and_nothing_else(tmp_path):
+    import runtime
+    for std in (0.02, 0.4):  # the default's 0.02, and the flag's value reaching the model through train.Config
+        cfg = train.Config(image_pos_std=std if std != 0.02 else 0.0)
+        _, _, mcfg = runtime.load_start(cfg, log=lambda *a: None)
+        torch.manual_seed(0)
+        m = DualEncoder(dataclasses.replace(mcfg, vocab_size=64))
+        assert m.visual.pos_embed.std().item() == pytest.approx(std, rel=0.1)
+        torch.manual_seed(0)
+        ref = DualEncoder(model_config("tiny", vocab_size=64))
+        same = [k for k, v in m.state_dict().items() if torch.equal(v, ref.state_dict()[k])]
+        assert len(same) == len(ref.state_dict()) - (std != 0.02)  # every other tensor as the default draws it
+    import checkpoint
+    from model import WordTokenizer
+    tok = WordTokenizer(["a", "red", "circle"], 8)
+    checkpoint.save_checkpoint(str(tmp_path / "c.pt"), DualEncoder(model_config("tiny", vocab_size=tok.vocab_size)),
+                               None, train.Config(), tok, 0)
+    runtime.load_start(train.Config(init=str(tmp_path / "c.pt")), log=lambda *a: None)  # (a valid checkpoint)
+    with pytest.raises(runtime.UsageError, match="--image_pos_std"):  # an init keeps its weights: the flag is refused
+        runtime.load_start(train.Config(image_pos_std=0.4, init=str(tmp_path / "c.pt")), log=lambda *a: None)
 
 
 TINY = "--steps=3 --warmup=1 --world_scenes=64 --batch_size=16 --eval_scenes=16 --log_every=1 --ckpt_every=3"
