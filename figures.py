@@ -210,19 +210,20 @@ def binding_scores(model, tokenizer, n=300, seed=0, image_size=32):
 def relation_scores(model, tokenizer, folder):
     """on a folder of the world's relation tests (world.export_world_relations): text_swap_cos, the mean cosine
     between a relation caption and its swap ("a red circle left of a blue square" / "a blue square left of a red
-    circle"; 1 = the text tower reads the phrases around the relation as a bag of words), and swap_acc, how often
-    the image prefers the true caption (ties wrong, as the benchmark's scorer counts them)"""
+    circle"; 1 = the text tower reads the phrases around the relation as a bag of words); image_mirror_cos, the
+    mean cosine between a scene and its left-right mirror image (1 = the image tower cannot tell left from right);
+    and swap_acc, how often the image prefers the true caption (ties wrong, as the benchmark's scorer counts them)"""
     with open(os.path.join(folder, "swap_rel.json")) as f:
         records = list(json.load(f).values())
     images = torch.stack([data.to_tensor(np.array(data.load_image(os.path.join(folder, "images", r["filename"]))))
                           for r in records])
     model.eval()
     with torch.no_grad():
-        x = model.encode_image(images)[0]
+        x, mirrored = model.encode_image(images)[0], model.encode_image(images.flip(-1))[0]
         y = model.encode_text(tokenizer.encode([r["caption"] for r in records]))
         z = model.encode_text(tokenizer.encode([r["negative_caption"] for r in records]))
-    return {"text_swap_cos": (y * z).sum(-1).mean().item(), "swap_acc": ((x * y).sum(-1) > (x * z).sum(-1)).float().mean().item(),
-            "records": len(records)}
+    return {"text_swap_cos": (y * z).sum(-1).mean().item(), "image_mirror_cos": (x * mirrored).sum(-1).mean().item(),
+            "swap_acc": ((x * y).sum(-1) > (x * z).sum(-1)).float().mean().item(), "records": len(records)}
 
 
 def relations_table(runs, root, n=1000, seed=0):
@@ -231,7 +232,7 @@ def relations_table(runs, root, n=1000, seed=0):
     runs: [(name, run_dir)]"""
     from checkpoint import load_checkpoint, model_from_checkpoint
     width, folders = max(len(name) for name, _ in runs) + 2, {}
-    print(f"{'run':{width}s} text_swap_cos seen / unseen   swap_acc seen / unseen")
+    print(f"{'run':{width}s} text_swap_cos seen / unseen   image_mirror_cos seen / unseen   swap_acc seen / unseen")
     for name, run_dir in runs:
         model, tok = model_from_checkpoint(load_checkpoint(os.path.join(run_dir, "ckpt.pt")))
         size = model.cfg.image_size
@@ -242,6 +243,7 @@ def relations_table(runs, root, n=1000, seed=0):
         with open(os.path.join(run_dir, "relation_scores.json"), "w") as f:
             json.dump(scores, f, indent=1)
         print(f"{name:{width}s} {scores['seen']['text_swap_cos']:18.3f} / {scores['unseen']['text_swap_cos']:.3f}"
+              f" {scores['seen']['image_mirror_cos']:21.3f} / {scores['unseen']['image_mirror_cos']:.3f}"
               f" {100 * scores['seen']['swap_acc']:17.1f} / {100 * scores['unseen']['swap_acc']:.1f}")
 
 

@@ -117,6 +117,11 @@ RELATION_ROWS = [
     ("C2LIP + relation concepts", "--loss=c2lip --relation_concepts"),
     ("C2LIP + relation concepts + negative concepts", "--loss=c2lip --relation_concepts --concept_negatives"),
     ("C2LIP+DeGLA + all three", "--loss=c2lip+degla --relation_negatives --relation_concepts --concept_negatives"),
+    # the same world with image position embeddings that start as large as the patches' spread (METHOD.md §12)
+    ("SigLIP, image positions 0.4", "--image_pos_std=0.4"),
+    ("C2LIP, image positions 0.4", "--loss=c2lip --image_pos_std=0.4"),
+    ("DeGLA + relation negatives, image positions 0.4", "--loss=degla --relation_negatives --image_pos_std=0.4"),
+    ("C2LIP+DeGLA + relation negatives, image positions 0.4", "--loss=c2lip+degla --relation_negatives --image_pos_std=0.4"),
 ]
 # the fine-tuning study: (name, loss, overrides of the fine-tune); a control with the same lr and steps goes with
 # each budget, so every C2LIP row has a like-for-like SigLIP row

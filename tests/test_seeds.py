@@ -157,6 +157,17 @@ def test_relation_scores_agree_with_the_benchmark_scorer(tmp_path):
         assert mine["records"] == len(json.load(f)) >= 50 and mine["text_swap_cos"] < 1 - 2e-5
     assert mine["swap_acc"] == pytest.approx(next(r["metrics"]["acc"] for r in theirs if r["dataset"] == "relation/swap_rel"),
                                              abs=1e-6)  # one record of 56 would move it by 0.018
+    # the mirror score, against each record's scene and its mirror encoded one at a time here
+    import numpy as np
+    import data
+    with open(os.path.join(folder, "swap_rel.json")) as f:
+        names = [r["filename"] for r in json.load(f).values()]
+    cos = []
+    with torch.no_grad():
+        for name in names:
+            img = data.to_tensor(np.array(data.load_image(os.path.join(folder, "images", name))))[None]
+            cos.append((m.encode_image(img)[0] * m.encode_image(torch.flip(img, dims=[3]))[0]).sum().item())
+    assert mine["image_mirror_cos"] == pytest.approx(sum(cos) / len(cos), abs=1e-5) and max(cos) < 1 - 1e-4
     with torch.no_grad():
         m.text.positional_embedding.zero_()
     bag = figures.relation_scores(m, tok, folder)
