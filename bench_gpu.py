@@ -6,7 +6,7 @@ results.json and table.md:
     python bench_gpu.py --out=/tmp/dry --dry_run     # the same stages on the CPU at toy sizes (the tests run it)
 
 Stages, each its own subprocess with a time cap, so that a slow or failing stage is recorded and the rest
-still run:
+still run; results.json and table.md are rewritten after each, and --budget=SECONDS caps them all together:
   1. train_eager, train_compiled: bench_train.py at B/16, 96 images, bf16, fused AdamW, the SigLIP, C2LIP and
      DeGLA steps alternating (C2LIP with the world's concept repeat rate is not assumed: random concepts, every
      one encoded), MFU against a bf16 matmul measured in the same run, peak memory; without and with
@@ -16,6 +16,9 @@ still run:
      form and its chunked variant; then the official per-concept loop under its own time cap.
   3. world: python train.py --device=cuda (the default run: tiny model, built-in world, 1,000 steps) and its
      evaluation, next to the CPU run's numbers the README gives for the same command.
+  4. cuda_tests: tests/test_cuda.py (losses in fp32 under CUDA's bf16 autocast, the CUDA step against the CPU
+     step, fused AdamW against foreach, an inductor-compiled step against eager).
+They run in the order 1 eager, 3, 4, 2, 1 compiled, 2 loop: the most wanted first.
 A stage that runs past its cap is killed and recorded as such. --dry_run swaps every stage for a toy CPU
 version of the same command (tiny model, a few steps, small shapes, compile with the aot_eager backend).
 """
@@ -35,13 +38,17 @@ class GpuBenchConfig:
     out: str = ""                 # folder for results.json and table.md (created)
     dry_run: bool = False         # toy sizes on the CPU: checks every stage end to end without a GPU
     python: str = sys.executable  # the interpreter the stages run with
+    budget: int = 0               # seconds for all stages together (0 = no limit): a stage's cap shrinks to what
+                                  # is left, and a stage with under 20 s left is recorded as not run
     predict_memory: str = ""      # no GPU needed: predict the peak memory of a B/16 step at these images per GPU
                                   # (e.g. 96) from saved-tensor bytes measured on the CPU at 1, 2 and 4 images
 
 
 # the default run on our 2-core CPU (README, "Two commands"): what the GPU's world run is set beside
-CPU_WORLD = {"i2t_R@1": 57.9, "t2i_R@1": 61.2, "zeroshot_shape": 42.9, "concept_binding": 50.8}
+CPU_WORLD = {"i2t_R@1": 78.4, "t2i_R@1": 81.4, "zeroshot_shape": 67.6, "concept_binding": 72.9}
 XAC_SHAPE = "768x2300x196x768"
+# the GPU's own checks (tests/test_cuda.py: bf16 autocast, CUDA vs CPU step, fused AdamW, inductor); skipped on a CPU
+CUDA_TESTS = ["-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "cuda", "tests/test_cuda.py"]
 
 
 def stages(cfg):
@@ -51,20 +58,23 @@ def stages(cfg):
         bench = ["bench_train.py", "--model=tiny", "--batch=4", "--steps=2", "--warmup=1", "--loss=siglip,c2lip,degla",
                  "--bf16", "--fused", "--peak_size=128", "--threads=1", "--json"]
         return [("train_eager", bench + ["--memory=false"], 300),
-                ("train_compiled", bench + ["--memory=false", "--compile", "--compile_backend=aot_eager"], 300),
-                ("xac", ["bench_xac.py", "--shapes=8x20x16x32", "--methods=closed,chunked", "--reps=1", "--json"], 120),
-                ("xac_loop", ["bench_xac.py", "--shapes=8x20x16x32", "--methods=loop", "--reps=1", "--json"], 120),
                 ("world", ["train.py", "--steps=3", "--world_scenes=64", "--batch_size=16", "--eval_scenes=40",
-                           "--log_every=1", f"--out_dir={world_dir}", "--overwrite"], 300)]
+                           "--log_every=1", f"--out_dir={world_dir}", "--overwrite"], 300),
+                ("cuda_tests", CUDA_TESTS, 300),
+                ("xac", ["bench_xac.py", "--shapes=8x20x16x32", "--methods=closed,chunked", "--reps=1", "--json"], 120),
+                ("train_compiled", bench + ["--memory=false", "--compile", "--compile_backend=aot_eager"], 300),
+                ("xac_loop", ["bench_xac.py", "--shapes=8x20x16x32", "--methods=loop", "--reps=1", "--json"], 120)]
     bench = ["bench_train.py", "--model=B/16", "--batch=96", "--steps=10", "--warmup=2", "--loss=siglip,c2lip,degla",
              "--device=cuda", "--bf16", "--fused", "--json"]
+    # most wanted first: under --budget the last stages are the ones cut
     return [("train_eager", bench + ["--compare=openclip"], 150),
-            ("train_compiled", bench + ["--compile", "--warmup=1", "--memory=false"], 180),
+            ("world", ["train.py", "--device=cuda", f"--out_dir={world_dir}", "--overwrite"], 150),
+            ("cuda_tests", CUDA_TESTS, 150),
             ("xac", ["bench_xac.py", "--device=cuda", f"--shapes={XAC_SHAPE}", "--methods=closed,chunked", "--reps=3",
                      "--json"], 60),
+            ("train_compiled", bench + ["--compile", "--warmup=1", "--memory=false"], 180),
             ("xac_loop", ["bench_xac.py", "--device=cuda", f"--shapes={XAC_SHAPE}", "--methods=loop", "--reps=1",
-                          "--json"], 45),
-            ("world", ["train.py", "--device=cuda", f"--out_dir={world_dir}", "--overwrite"], 120)]
+                          "--json"], 45)]
 
 
 def run_stage(cfg, name, argv, cap):
@@ -76,8 +86,9 @@ def run_stage(cfg, name, argv, cap):
     except subprocess.TimeoutExpired:
         return {"argv": argv, "status": f"over the {cap} s cap", "seconds": time.time() - t0, "output": []}
     lines = [line for line in res.stdout.splitlines() if line.startswith("{")]
+    last = [line for line in res.stdout.splitlines() if line.strip()][-1:]
     rec = {"argv": argv, "status": "ok" if res.returncode == 0 else f"failed (exit {res.returncode})",
-           "seconds": time.time() - t0, "output": [json.loads(line) for line in lines]}
+           "seconds": time.time() - t0, "output": [json.loads(line) for line in lines], "last_line": "".join(last)}
     if res.returncode != 0:
         rec["tail"] = (res.stderr or res.stdout)[-2000:]
     return rec
@@ -97,6 +108,9 @@ def table(results):
     out = [f"bench_gpu | {results['device']} | {results['when']}{' | DRY RUN on the CPU' if results['dry_run'] else ''}",
            "", "| stage | status | seconds |", "|---|---|---|"]
     out += [f"| {k} | {v['status']} | {v['seconds']:.0f} |" for k, v in results["stages"].items()]
+    tests = results["stages"].get("cuda_tests", {}).get("last_line")
+    if tests:
+        out += ["", f"tests/test_cuda.py: {tests}"]
     for name in ("train_eager", "train_compiled"):
         st = results["stages"].get(name, {})
         if not st.get("output"):
@@ -173,23 +187,34 @@ def main(cfg):
         import torch
         if not torch.cuda.is_available():
             raise UsageError("no CUDA device is visible; run on a GPU machine, or --dry_run for the CPU check")
-        device = torch.cuda.get_device_name(0)
+        device = f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
     else:
         device = "cpu (dry run)"
     os.makedirs(cfg.out, exist_ok=True)
     results = {"device": device, "dry_run": cfg.dry_run, "when": time.strftime("%Y-%m-%d %H:%M"), "stages": {}}
+    start = time.time()
     for name, argv, cap in stages(cfg):
-        print(f"bench_gpu: {name} (up to {cap} s) ...", flush=True)
-        results["stages"][name] = run_stage(cfg, name, argv, cap)
+        if cfg.budget:
+            cap = min(cap, int(cfg.budget - (time.time() - start)))
+        if cap < 20:
+            results["stages"][name] = {"argv": argv, "status": "not run (--budget spent)", "seconds": 0, "output": []}
+        else:
+            print(f"bench_gpu: {name} (up to {cap} s) ...", flush=True)
+            results["stages"][name] = run_stage(cfg, name, argv, cap)
         print(f"bench_gpu: {name} {results['stages'][name]['status']} in {results['stages'][name]['seconds']:.0f} s",
               flush=True)
-    results["world"] = world_result(cfg)
+        results["world"] = world_result(cfg)
+        md = save(cfg, results)  # after every stage: a run killed from outside keeps what it measured
+    print(md)
+
+
+def save(cfg, results):
     with open(os.path.join(cfg.out, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
     md = table(results)
     with open(os.path.join(cfg.out, "table.md"), "w") as f:
         f.write(md)
-    print(md)
+    return md
 
 
 if __name__ == "__main__":

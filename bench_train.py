@@ -440,7 +440,13 @@ def run(bcfg):
         except ImportError:
             skipped = "open_clip is not installed (pip install open-clip-torch timm): OpenCLIP comparison skipped"
     # open_clip's ViT-B-16-SigLIP has our B/16's shapes, so our SigLIP formula counts its FLOPs too
-    built = {k: build(k, cfg, bcfg, device) for k in which}
+    built = {k: build(k, cfg, bcfg, device) for k in which if k != "openclip"}
+    if "openclip" in which:
+        try:  # an open_clip that does not run beside this torch costs the comparison, not our rows
+            built["openclip"] = build("openclip", cfg, bcfg, device)
+        except Exception as e:
+            which.remove("openclip")
+            skipped = f"OpenCLIP comparison skipped: building its model failed ({type(e).__name__}: {e})"
     # FLOPs of the batch each step really runs: its concepts per image and its distinct texts
     flops = {k: step_flops(cfg, "siglip" if k == "openclip" else k.removesuffix("[all]"),
                            *batch_counts(built[k][1][3])) for k in which}

@@ -175,7 +175,7 @@ def test_bench_gpu_dry_run_runs_every_stage(tmp_path):
     res = run_script("bench_gpu.py", f"--out={tmp_path}", "--dry_run")
     assert res.returncode == 0, res.stderr[-2000:]
     results = json.load(open(tmp_path / "results.json"))
-    assert set(results["stages"]) == {"train_eager", "train_compiled", "xac", "xac_loop", "world"}
+    assert set(results["stages"]) == {"train_eager", "train_compiled", "xac", "xac_loop", "world", "cuda_tests"}
     assert all(st["status"] == "ok" for st in results["stages"].values()), results["stages"]
     compiled = results["stages"]["train_compiled"]["output"][-1]["results"]
     assert set(compiled) == {"siglip", "c2lip", "degla"} and all(r["compile_s"] is not None for r in compiled.values())
@@ -183,6 +183,14 @@ def test_bench_gpu_dry_run_runs_every_stage(tmp_path):
     assert set(results["world"]) == {"i2t_R@1", "t2i_R@1", "zeroshot_shape", "concept_binding"}
     table = (tmp_path / "table.md").read_text()
     assert "DRY RUN" in table and "| world, default run |" in table and "| c2lip |" in table
+
+
+def test_bench_gpu_budget_spent_runs_nothing_and_says_so(tmp_path):
+    res = run_script("bench_gpu.py", f"--out={tmp_path}", "--dry_run", "--budget=1")
+    assert res.returncode == 0, res.stderr[-2000:]
+    results = json.load(open(tmp_path / "results.json"))
+    assert {st["status"] for st in results["stages"].values()} == {"not run (--budget spent)"}
+    assert len(results["stages"]) == 6 and results["world"] is None
 
 
 def test_bench_gpu_without_a_gpu_is_one_line():
