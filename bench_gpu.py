@@ -1,5 +1,5 @@
 """
-Everything the README's GPU rows need, in one run on one GPU (about 8 minutes), written to a folder as
+Everything the README's GPU rows need, in one run on one GPU (6 minutes on an H200), written to a folder as
 results.json and table.md:
 
     python bench_gpu.py --out=gpu_results            # on a machine with one CUDA GPU

@@ -73,6 +73,8 @@ class Settings:
     ablations: bool = True
     ablation_seeds: str = "0"         # seeds for the ablation runs (each costs as much as a main run)
     threads: int = 1                  # torch CPU threads per run (0 = torch's default; 1 keeps results exact)
+    device: str = ""                  # default, scratch, compositional, relations: train.py --device for every run
+                                      # ("" = train.py's auto); e.g. cuda with --jobs=8 runs 8 trainings on one GPU
     parts: str = "papers"             # papers, default, scratch, compositional, relations, finetune (comma-separated)
     scratch_steps: int = 1000         # scratch, compositional, relations: training steps of each run
     scratch_seeds: str = "0,1,2"      # scratch, compositional, relations: seeds of every row
@@ -305,7 +307,12 @@ def scratch_flags(s):
     default, model = train.Config(), {"model": s.model, **({"image_size": s.image_size} if s.image_size else {})}
     mine = dict(steps=s.scratch_steps, batch_size=s.batch_size, world_scenes=s.world_scenes, eval_scenes=s.eval_scenes)
     flags = [f"--{k}={v}" for k, v in mine.items() if v != getattr(default, k)]
-    return flags + [f"--{k}={v}" for k, v in model.items() if k != "model" or v != "tiny"] + [f"--threads={s.threads}"]
+    return flags + [f"--{k}={v}" for k, v in model.items() if k != "model" or v != "tiny"] + run_env_flags(s)
+
+
+def run_env_flags(s):
+    """where each run computes: threads, and the device when one is named"""
+    return [f"--threads={s.threads}"] + ([f"--device={s.device}"] if s.device else [])
 
 
 def run_flags(argv):
@@ -370,7 +377,8 @@ def write_runs(s, stem, title, runs, md):
     results = {"settings": asdict(s), "runs": {name: [{"seed": seed, "metrics": m, "timing": t} for seed, m, t in done]
                                               for name, done in runs.items()}}
     cpu = sum(t["cpu_s"] for done in runs.values() for _, _, t in done)
-    md = (f"## {title}\n\n{md}\n\n### Wall and CPU time of each run\n\n{s.threads} thread(s) each, "
+    where = f" on {s.device}" if s.device else ""
+    md = (f"## {title}\n\n{md}\n\n### Wall and CPU time of each run\n\n{s.threads} thread(s) each{where}, "
           f"{s.jobs or 'cores // threads'} at once on {os.cpu_count()} CPU cores, torch {torch.__version__}; "
           f"{cpu / 3600:.2f} CPU-hours in all.\n\n" + timing_table(runs) + "\n")
     write(s, stem, results, md)
@@ -384,7 +392,7 @@ def default_runs(s):
     """`python train.py` (train.py's own recipe and evaluation) over --default_seeds; results_default.md / .json"""
     seeds = seeds_of(s.default_seeds)
     name = "python train.py" + (f" {s.default_args}" if s.default_args else "")
-    runs = train_runs(s, "default", [(name, s.default_args)], seeds, [f"--threads={s.threads}"])
+    runs = train_runs(s, "default", [(name, s.default_args)], seeds, run_env_flags(s))
     write_runs(s, "results_default", "The default run", runs, seed_table(runs, seeds, COLUMNS, "seeds", per_seed=True))
 
 
@@ -392,7 +400,7 @@ def scratch_runs(s):
     """every loss's from-scratch run over --scratch_seeds; results_scratch.md / .json"""
     seeds = seeds_of(s.scratch_seeds)
     flags = scratch_flags(s)
-    shared = flags == [f"--threads={s.threads}"] and not s.default_args
+    shared = flags == run_env_flags(s) and not s.default_args
     runs = train_runs(s, "scratch", SCRATCH_ROWS[1:] if shared else SCRATCH_ROWS, seeds, flags)
     if shared:  # at the default budget SigLIP's row is `python train.py` itself: the default part's run folders
         runs = {**train_runs(s, "default", SCRATCH_ROWS[:1], seeds, flags), **runs}

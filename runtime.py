@@ -215,6 +215,12 @@ def check_config(cfg, world_size, losses):
                              f"use it with --loss={' or '.join(n for n, r in losses.items() if reads in r)}")
         if getattr(cfg, flag) and cfg.data == "world" and not cfg.relations:
             raise UsageError(f"--{flag}: the world's captions state no relation without --relations; add it")
+    if cfg.data == "world":  # objects sit in distinct cells; a relation caption needs two of them
+        low = 2 if cfg.relations else 1
+        if not low <= cfg.min_objects <= cfg.max_objects <= world.GRID ** 2:
+            raise UsageError(f"--min_objects={cfg.min_objects} --max_objects={cfg.max_objects}: the world takes "
+                             f"{low} <= min <= max <= {world.GRID ** 2} objects per scene"
+                             + (" (--relations: at least 2)" if cfg.relations else ""))
     if cfg.grad_clip < 0:
         raise UsageError(f"--grad_clip={cfg.grad_clip}: a norm must be positive (0 turns clipping off)")
     if cfg.batch_size % world_size:

@@ -87,6 +87,9 @@ def test_train_mistakes_are_one_line(tmp_path, capsys):
     # the dash spelling reaches the same option (an unknown-option error would name --batch-size)
     assert "--batch_size: expected int, got 'x'" in one_line_error(["--batch-size=x"], capsys)
     assert "--model=L/14: unknown preset" in one_line_error(["--model=L/14", out], capsys)
+    for bad in (["--max_objects=5"], ["--min_objects=0"], ["--min_objects=3", "--max_objects=2"],
+                ["--min_objects=1", "--relations"]):
+        assert "objects per scene" in one_line_error(bad + [out], capsys), bad
     junk = tmp_path / "junk.json"
     junk.write_text("{}")
     assert "cannot load checkpoint" in one_line_error([f"--init={junk}", out], capsys)

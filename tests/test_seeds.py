@@ -225,3 +225,26 @@ def test_a_run_is_reused_only_for_the_same_flags_and_a_clean_exit(tmp_path, monk
     assert len(launched) == 4
     res = run("--steps=8", train_=False)  # --train=false tabulates what is there, whatever made it
     assert len(launched) == 4 and len(res["runs"]["python train.py --steps=8"]) == 1
+
+
+def test_device_setting_reaches_every_run(tmp_path, monkeypatch):
+    """reproduce.py --device=cuda: each train.py run gets --device, and the timing header says where they ran"""
+    import reproduce
+    launched = []
+
+    def fake_jobs(runs, jobs):
+        for out_dir, argv in runs:
+            launched.append(reproduce.run_flags(argv))
+            os.makedirs(out_dir, exist_ok=True)
+            (open(os.path.join(out_dir, "eval.json"), "w")).write(json.dumps({k: 0.5 for k, _ in reproduce.COLUMNS}))
+            (open(os.path.join(out_dir, "timing.json"), "w")).write(json.dumps(
+                {"wall_s": 1.0, "cpu_s": 1.0, "returncode": 0, "flags": reproduce.run_flags(argv)}))
+    monkeypatch.setattr(reproduce, "run_jobs", fake_jobs)
+    monkeypatch.setattr(reproduce, "SCRATCH_ROWS", [("SigLIP", ""), ("C2LIP", "--loss=c2lip")])
+    _, md = reproduce_part(tmp_path, "scratch", scratch_seeds="0", default_args="", device="cuda")
+    assert sorted(launched) == [["--loss=c2lip", "--threads=1", "--device=cuda", "--seed=0"],
+                                ["--threads=1", "--device=cuda", "--seed=0"]]
+    assert "1 thread(s) each on cuda" in md
+    launched.clear()
+    reproduce_part(tmp_path, "default", default_seeds="1", default_args="", device="cuda")
+    assert launched == [["--threads=1", "--device=cuda", "--seed=1"]]
