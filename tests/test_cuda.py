@@ -9,7 +9,7 @@ import torch
 import runtime
 import train
 from test_compile import setup
-from test_precision import CASES, as_fp64, inputs  # noqa: F401 (inputs is a fixture)
+from test_precision import CASES, as_fp64, inputs, setup_apart  # noqa: F401 (inputs is a fixture)
 
 pytestmark = pytest.mark.cuda
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
@@ -50,12 +50,8 @@ def test_cuda_bf16_matmul_would_differ(inputs):  # noqa: F811
 
 def step(loss, device, precision, compile_backend=None):
     """(total, terms, {name: grad on the CPU}) of train_step's first step; same weights and batch on every call"""
-    batch, model, teacher = setup(loss)
-    if teacher is not None:  # a teacher apart from the student, so that the distillation term is not ~0
-        g = torch.Generator().manual_seed(1)
-        with torch.no_grad():
-            for p in teacher.parameters():
-                p.add_(0.05 * torch.randn(p.shape, generator=g))
+    batch, model, teacher = setup_apart(loss)
+    if teacher is not None:
         teacher.to(device)
     model.to(device)
     forward = model

@@ -67,17 +67,24 @@ def test_bf16_matmul_would_differ(inputs):
 # --precision: the bf16 path of train_step runs on the CPU
 
 
-def first_step_terms(loss, precision):
-    """the loss terms of train_step's first step on a small world batch, same weights and batch each call"""
-    import runtime
-    import train
+def setup_apart(loss):
+    """test_compile.setup's batch, model and teacher, the teacher moved away from the student (same each call), so
+    that the distillation term is not ~0"""
     from test_compile import setup  # a world batch with every group, the tiny model, a teacher copy
     batch, model, teacher = setup(loss)
-    if teacher is not None:  # a teacher apart from the student, so that the distillation term is not ~0
+    if teacher is not None:
         g = torch.Generator().manual_seed(1)
         with torch.no_grad():
             for p in teacher.parameters():
                 p.add_(0.05 * torch.randn(p.shape, generator=g))
+    return batch, model, teacher
+
+
+def first_step_terms(loss, precision):
+    """the loss terms of train_step's first step on a small world batch, same weights and batch each call"""
+    import runtime
+    import train
+    batch, model, teacher = setup_apart(loss)
     cfg = train.Config(loss=loss, precision=precision, batch_size=8)
     env = runtime.Env(rank=0, world=1, local_rank=0, device=torch.device("cpu"), ddp=False, use_cuda=False)
     report = type("NoReport", (), {"add_skipped": staticmethod(lambda skipped, n: None)})
