@@ -124,6 +124,8 @@ RELATION_ROWS = [
     ("C2LIP, image positions 0.4", "--loss=c2lip --image_pos_std=0.4"),
     ("DeGLA + relation negatives, image positions 0.4", "--loss=degla --relation_negatives --image_pos_std=0.4"),
     ("C2LIP+DeGLA + relation negatives, image positions 0.4", "--loss=c2lip+degla --relation_negatives --image_pos_std=0.4"),
+    ("C2LIP + relation concepts + negative concepts, image positions 0.4",
+     "--loss=c2lip --relation_concepts --concept_negatives --image_pos_std=0.4"),
 ]
 # the fine-tuning study: (name, loss, overrides of the fine-tune); a control with the same lr and steps goes with
 # each budget, so every C2LIP row has a like-for-like SigLIP row
