@@ -54,6 +54,7 @@ class ModelConfig:
     init_logit_scale: float = math.log(10.0)
     init_logit_bias: float = -10.0
     image_pos_std: float = 0.02  # init std of the image tower's position embeddings (from scratch; METHOD.md §12)
+    concept_head: bool = False   # a second MAP head pools the image for C2LIP's concept losses (METHOD.md §12)
 
     def __post_init__(self):
         if self.act:  # a model_config dict saved before the per-tower activations
@@ -354,13 +355,19 @@ class VisionTower(nn.Module):
                                      for _ in range(cfg.depth)])
         self.norm = nn.LayerNorm(cfg.width, eps=cfg.ln_eps)
         self.attn_pool = MAPHead(cfg.width, cfg.heads, cfg.mlp_ratio, cfg.ln_eps, cfg.vision_act)
+        if cfg.concept_head:
+            self.concept_pool = MAPHead(cfg.width, cfg.heads, cfg.mlp_ratio, cfg.ln_eps, cfg.vision_act)
 
-    def forward(self, images, return_tokens=False):
+    def trunk(self, images):
+        """images -> normed patch tokens (B, T, width), what the MAP heads pool"""
         x = self.patch_embed(images).flatten(2).transpose(1, 2)  # (B, T, width)
         x = x + self.pos_embed
         for block in self.blocks:
             x = block(x)
-        return self.attn_pool(self.norm(x), return_tokens)
+        return self.norm(x)
+
+    def forward(self, images, return_tokens=False):
+        return self.attn_pool(self.trunk(images), return_tokens)
 
 
 class TextTower(nn.Module):
@@ -399,6 +406,8 @@ class DualEncoder(nn.Module):
         nn.init.normal_(self.text.positional_embedding, std=0.02)
         nn.init.normal_(self.visual.pos_embed, std=cfg.image_pos_std)
         nn.init.normal_(self.visual.attn_pool.latent, std=cfg.width ** -0.5)
+        if cfg.concept_head:
+            nn.init.normal_(self.visual.concept_pool.latent, std=cfg.width ** -0.5)
 
     def _init_weights(self, m):
         if isinstance(m, (nn.Linear, nn.Conv2d)):
@@ -438,11 +447,20 @@ class DualEncoder(nn.Module):
         texts, rows: named groups of texts as data.Collate gives them, e.g. {"captions": ..., "concepts": ...,
         "negatives": ...}: the distinct token ids of each group and the row of each text. Returns {"image",
         "patch_tokens" (None unless return_tokens), "text": {name: embeddings, one per text}, "logit_scale",
-        "logit_bias"}.
+        "logit_bias"}; with cfg.concept_head also "concept_image", the second head's pooling, and the patch
+        tokens come through that head's value path.
         """
-        x, patch_tokens = self.encode_image(images, return_tokens)
+        if not self.cfg.concept_head:
+            x, patch_tokens = self.encode_image(images, return_tokens)
+            out = {}
+        else:  # one trunk, two poolings: the concept losses read only the concept head
+            h = self.visual.trunk(images)
+            x = F.normalize(self.visual.attn_pool(h)[0], dim=-1)
+            concept, patch_tokens = self.visual.concept_pool(h, return_tokens)
+            out = {"concept_image": F.normalize(concept, dim=-1)}
+            patch_tokens = F.normalize(patch_tokens, dim=-1) if patch_tokens is not None else None
         return {"image": x, "patch_tokens": patch_tokens, "text": self.encode_texts(texts, rows),
-                "logit_scale": self.logit_scale, "logit_bias": self.logit_bias}
+                "logit_scale": self.logit_scale, "logit_bias": self.logit_bias, **out}
 
     def num_params(self):
         return sum(p.numel() for p in self.parameters())

@@ -129,6 +129,9 @@ RELATION_ROWS = [
     # which of C2LIP's terms blinds the image side (METHOD.md §12): the combination without L_npc
     ("C2LIP+DeGLA + relation negatives, image positions 0.4, without L_npc",
      "--loss=c2lip+degla --relation_negatives --image_pos_std=0.4 --npc_weight=0"),
+    # ... and with the concept losses on a MAP head of their own (--concept_head)
+    ("C2LIP+DeGLA + relation negatives, image positions 0.4, concept head",
+     "--loss=c2lip+degla --relation_negatives --image_pos_std=0.4 --concept_head"),
 ]
 # the fine-tuning study: (name, loss, overrides of the fine-tune); a control with the same lr and steps goes with
 # each budget, so every C2LIP row has a like-for-like SigLIP row

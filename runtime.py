@@ -221,6 +221,9 @@ def check_config(cfg, world_size, losses):
             raise UsageError(f"--min_objects={cfg.min_objects} --max_objects={cfg.max_objects}: the world takes "
                              f"{low} <= min <= max <= {world.GRID ** 2} objects per scene"
                              + (" (--relations: at least 2)" if cfg.relations else ""))
+    if cfg.concept_head and "concepts" not in losses[cfg.loss]:
+        raise UsageError(f"--concept_head pools the image for the concept losses; use it with "
+                         f"--loss={' or '.join(n for n, r in losses.items() if 'concepts' in r)}")
     if cfg.grad_clip < 0:
         raise UsageError(f"--grad_clip={cfg.grad_clip}: a norm must be positive (0 turns clipping off)")
     if cfg.batch_size % world_size:
@@ -296,16 +299,18 @@ def load_start(cfg, log):
         check_resume_config(resume_ckpt["config"], cfg, ckpt_path)
     if init_ckpt is not None:
         mcfg = ModelConfig(**init_ckpt["model_config"])
-        if cfg.image_pos_std and cfg.init:
-            raise UsageError(f"--image_pos_std sets how a model starts from scratch; --init={cfg.init} brings its own "
-                             f"weights: drop one of the two")
+        for flag in ("image_pos_std", "concept_head"):
+            if getattr(cfg, flag) and cfg.init:
+                raise UsageError(f"--{flag} sets how a model starts from scratch; --init={cfg.init} brings its own "
+                                 f"weights: drop one of the two")
         if cfg.image_size and cfg.image_size != mcfg.image_size:
             raise UsageError(f"--image_size={cfg.image_size} does not match the checkpoint's {mcfg.image_size}; "
                              f"drop --image_size or start from scratch")
     else:
         try:
             mcfg = model_config(cfg.model, **({"image_size": cfg.image_size} if cfg.image_size else {}),
-                                **({"image_pos_std": cfg.image_pos_std} if cfg.image_pos_std else {}))
+                                **({"image_pos_std": cfg.image_pos_std} if cfg.image_pos_std else {}),
+                                **({"concept_head": True} if cfg.concept_head else {}))
         except KeyError:
             raise UsageError(f"--model={cfg.model}: unknown preset; expected one of "
                              f"{', '.join(PRESETS)}") from None

@@ -72,6 +72,7 @@ class Config:
     model: str = "tiny"              # size preset in model.PRESETS: tiny, S/16, B/16
     image_size: int = 0              # 0 = the preset's
     image_pos_std: float = 0.0       # 0 = the model's (0.02); from scratch: init std of the image position embeddings (METHOD.md §12)
+    concept_head: bool = False       # from scratch, concept losses: L_npc and L_xac read a second MAP head (METHOD.md §12)
     # loss
     loss: str = "siglip"             # siglip | c2lip | degla | c2lip+degla (L_base + C2LIP's concept losses + DeGLA's)
     npc_weight: float = 1.0          # C2LIP: weight of L_npc
@@ -215,7 +216,8 @@ def compute_losses(out, batch, cfg, rank_images):
         owner_all = losses.gather_owners(batch["owner"]["concepts"], rank_images, sizes.get("concepts"))
         n_all = losses.gather(text["concept_negatives"], sizes=sizes.get("concept_negatives"))[0] \
             if "concept_negatives" in text else None  # --concept_negatives: columns no image owns (§2.7)
-        terms["npc"] = losses.concept_loss(out["image"], c_all, owner_all, t, b, offset, n_all)
+        x_concept = out.get("concept_image", out["image"])  # --concept_head: the concept losses' own pooling
+        terms["npc"] = losses.concept_loss(x_concept, c_all, owner_all, t, b, offset, n_all)
         terms["xac"] = losses.xattn_concept_loss(out["patch_tokens"], c_all, owner_all, t, b, offset,
                                                  cfg.xac_temperature, cfg.xac_chunk)
     if uses_negatives(cfg.loss):  # softmax losses: t only (IGC) or a fixed scale (TGC)
