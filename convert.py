@@ -597,6 +597,10 @@ def export_checkpoint(ckpt_path, fmt, out_dir):
     ckpt = load_checkpoint(ckpt_path)
     cfg = ModelConfig(**ckpt["model_config"])
     sd = {k: v.detach().cpu() for k, v in ckpt["model"].items()}
+    if cfg.concept_head:  # training-only: the exported model is the one the caption losses and evaluation use
+        sd = {k: v for k, v in sd.items() if not k.startswith("visual.concept_pool.")}
+        print(f"note: {ckpt_path} has a concept head (--concept_head), used only by the concept losses in "
+              f"training; exported without it", file=sys.stderr)
     tok = tokenizer_from_state_dict(ckpt["tokenizer"])
     arch = "siglip2" if isinstance(tok, GemmaTokenizer) else "siglip"
     if fmt not in ("hf", "openclip"):

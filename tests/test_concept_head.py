@@ -107,3 +107,11 @@ def test_concept_head_flag_mistakes(tmp_path):
                                None, train.Config(), tok, 0)
     with pytest.raises(runtime.UsageError, match="--concept_head sets how a model starts from scratch"):
         runtime.load_start(train.Config(concept_head=True, init=str(tmp_path / "c.pt")), log=lambda *a: None)
+
+
+def test_forward_with_a_concept_head_has_no_graph_break():
+    batch, model, _ = setup("c2lip+degla")
+    twin = with_head(model, same=False)
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(twin)(batch["images"], batch["texts"], batch["rows"], return_tokens=True)
+    assert explained.graph_break_count == 0, [str(b.reason) for b in explained.break_reasons]

@@ -144,6 +144,26 @@ def test_import_export_files_and_from_pretrained(spiece, tmp_path):
     ids = hf_tok(CORPUS[:2], padding="max_length", truncation=True, max_length=8, return_tensors="pt")["input_ids"]
     assert torch.equal(ids, tok.encode(CORPUS[:2]))
 
+def test_concept_head_is_left_out_of_an_export(spiece, tmp_path, capsys):
+    """a run trained with --concept_head exports the model evaluation uses: the same files as without the head"""
+    import checkpoint
+    import train
+    hf = hf_model(vocab_of(spiece))
+    hf.save_pretrained(tmp_path / "hf")
+    plain = str(tmp_path / "plain.pt")
+    convert.import_checkpoint(str(tmp_path / "hf"), "hf", plain, tokenizer=spiece)
+    model, tok = model_from_checkpoint(load_checkpoint(plain))
+    cfg = ModelConfig(**{**asdict(model.cfg), "concept_head": True})
+    headed = DualEncoder(cfg)
+    missing, _ = headed.load_state_dict(model.state_dict(), strict=False)
+    assert missing and all(k.startswith("visual.concept_pool.") for k in missing)
+    checkpoint.save_checkpoint(str(tmp_path / "headed.pt"), headed, None, train.Config(), tok, 0)
+    for name, path in (("a", plain), ("b", str(tmp_path / "headed.pt"))):
+        convert.export_checkpoint(path, "hf", str(tmp_path / name))
+    assert "exported without it" in capsys.readouterr().err
+    assert_equal_state(convert._safetensors().load_file(str(tmp_path / "b" / "model.safetensors")),
+                       convert._safetensors().load_file(str(tmp_path / "a" / "model.safetensors")))
+
 # -----------------------------------------------------------------------------
 # OpenCLIP layout
 
