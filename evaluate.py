@@ -949,6 +949,7 @@ class EvalConfig:
     order_seed: int = 1              # ARO-Order perturbation seed
     scenes: int = 1000               # world: held-out scenes per test
     seed: int = 0                    # world: seed of the held-out scenes
+    image_head: str = "main"         # main | concept: a --concept_head run scored with its concept head's pooling
     # attention figure
     compare: str = ""                # a second checkpoint, drawn beside --ckpt with the difference
     temperature: float = 1.0         # lambda inside the patch softmax
@@ -972,6 +973,11 @@ def main(a):
     ckpt = load_checkpoint(a.ckpt)
     model, tokenizer = model_from_checkpoint(ckpt)
     model.to(device)
+    check_choice("image_head", a.image_head, ("main", "concept"))
+    if a.image_head == "concept":
+        if not model.cfg.concept_head:
+            raise UsageError(f"--image_head=concept: {a.ckpt} has no concept head (train with --concept_head)")
+        model.image_head = "concept"
     here = os.path.dirname(os.path.abspath(a.ckpt))
     out_dir = a.out or os.path.join(here, "benchmarks")
     if a.task == "attention":
@@ -993,9 +999,10 @@ def main(a):
                              trained.get("world_split", "default"), trained.get("relations", False))
         print_table(res)
         os.makedirs(out_dir, exist_ok=True)
-        with open(os.path.join(out_dir, "world.json"), "w") as f:
-            json.dump({"checkpoint": a.ckpt, "results": res}, f, indent=2)
-        print(f"wrote {os.path.join(out_dir, 'world.json')}")
+        name = "world.json" if a.image_head == "main" else "world_concept_head.json"
+        with open(os.path.join(out_dir, name), "w") as f:
+            json.dump({"checkpoint": a.ckpt, "image_head": a.image_head, "results": res}, f, indent=2)
+        print(f"wrote {os.path.join(out_dir, name)}")
     else:
         tasks = TASKS if a.task == "all" else [a.task]
         if not any(found(t, a.root) for t in tasks):

@@ -421,8 +421,12 @@ class DualEncoder(nn.Module):
             nn.init.zeros_(m.bias)
 
     def encode_image(self, images, return_tokens=False):
-        """images (B, 3, H, W) -> unit x (B, d), and unit per-patch tokens (B, T, d) or None"""
-        pooled, tokens = self.visual(images, return_tokens)
+        """images (B, 3, H, W) -> unit x (B, d), and unit per-patch tokens (B, T, d) or None. With
+        self.image_head = "concept" (evaluate.py --image_head) a --concept_head model pools with its concept head"""
+        if getattr(self, "image_head", "main") == "concept":
+            pooled, tokens = self.visual.concept_pool(self.visual.trunk(images), return_tokens)
+        else:
+            pooled, tokens = self.visual(images, return_tokens)
         x = F.normalize(pooled, dim=-1)
         return x, (F.normalize(tokens, dim=-1) if tokens is not None else None)
 

@@ -115,3 +115,24 @@ def test_forward_with_a_concept_head_has_no_graph_break():
     torch._dynamo.reset()
     explained = torch._dynamo.explain(twin)(batch["images"], batch["texts"], batch["rows"], return_tokens=True)
     assert explained.graph_break_count == 0, [str(b.reason) for b in explained.break_reasons]
+
+
+def test_evaluate_can_score_the_concept_head(tmp_path):
+    """evaluate.py --image_head=concept: the image embedding is the concept head's pooling; refused without one"""
+    import checkpoint
+    import evaluate
+    import torch.nn.functional as F
+    from model import WordTokenizer
+    batch, model, _ = setup("c2lip")
+    twin = with_head(model, same=False).eval()
+    x_main = twin.encode_image(batch["images"])[0]
+    twin.image_head = "concept"
+    x_c = twin.encode_image(batch["images"])[0]
+    ref = F.normalize(twin.visual.concept_pool(twin.visual.trunk(batch["images"]))[0], dim=-1)
+    torch.testing.assert_close(x_c, ref)
+    assert not torch.allclose(x_c, x_main)
+    tok = WordTokenizer(["a", "red", "circle"], 8)
+    plain = DualEncoder(model.cfg)
+    checkpoint.save_checkpoint(str(tmp_path / "p.pt"), plain, None, train.Config(), tok, 0)
+    with pytest.raises(runtime.UsageError, match="has no concept head"):
+        evaluate.main(evaluate.EvalConfig(ckpt=str(tmp_path / "p.pt"), image_head="concept", threads=1))
