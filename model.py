@@ -399,6 +399,7 @@ class DualEncoder(nn.Module):
         self.text = TextTower(cfg)
         self.logit_scale = nn.Parameter(torch.tensor(cfg.init_logit_scale))
         self.logit_bias = nn.Parameter(torch.tensor(cfg.init_logit_bias))
+        self.image_head = "main"  # which MAP head encode_image pools with: main, or concept (evaluate --image_head)
         self.apply(self._init_weights)
         # named special cases: small text embeddings, or the tower ignores word order; position embeddings as
         # large as the token ones (CLIP's 0.01 left some seeds reading captions as bags of words, METHOD.md §11)
@@ -423,12 +424,14 @@ class DualEncoder(nn.Module):
     def encode_image(self, images, return_tokens=False):
         """images (B, 3, H, W) -> unit x (B, d), and unit per-patch tokens (B, T, d) or None. With
         self.image_head = "concept" (evaluate.py --image_head) a --concept_head model pools with its concept head"""
-        if getattr(self, "image_head", "main") == "concept":
-            pooled, tokens = self.visual.concept_pool(self.visual.trunk(images), return_tokens)
-        else:
-            pooled, tokens = self.visual(images, return_tokens)
-        x = F.normalize(pooled, dim=-1)
-        return x, (F.normalize(tokens, dim=-1) if tokens is not None else None)
+        pool = self.visual.concept_pool if self.image_head == "concept" else self.visual.attn_pool
+        return self._pool(pool, self.visual.trunk(images), return_tokens)
+
+    @staticmethod
+    def _pool(pool, h, return_tokens):
+        """a MAP head over trunk tokens h -> unit pooled embedding, and unit per-patch tokens or None"""
+        pooled, tokens = pool(h, return_tokens)
+        return F.normalize(pooled, dim=-1), (F.normalize(tokens, dim=-1) if tokens is not None else None)
 
     def encode_text(self, tokens):
         """token ids (n, C) -> unit y (n, d)"""
@@ -459,10 +462,9 @@ class DualEncoder(nn.Module):
             out = {}
         else:  # one trunk, two poolings: the concept losses read only the concept head
             h = self.visual.trunk(images)
-            x = F.normalize(self.visual.attn_pool(h)[0], dim=-1)
-            concept, patch_tokens = self.visual.concept_pool(h, return_tokens)
-            out = {"concept_image": F.normalize(concept, dim=-1)}
-            patch_tokens = F.normalize(patch_tokens, dim=-1) if patch_tokens is not None else None
+            x = self._pool(self.visual.attn_pool, h, False)[0]
+            concept, patch_tokens = self._pool(self.visual.concept_pool, h, return_tokens)
+            out = {"concept_image": concept}
         return {"image": x, "patch_tokens": patch_tokens, "text": self.encode_texts(texts, rows),
                 "logit_scale": self.logit_scale, "logit_bias": self.logit_bias, **out}
 

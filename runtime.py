@@ -198,6 +198,14 @@ class Env:
         return self.rank == 0
 
 
+# flags that only mean something with a loss that reads a text group: (flag, that group, what the flag does,
+# whether on the world it needs --relations)
+FLAG_NEEDS = (("relation_concepts", "concepts", "adds to the concept losses", True),
+              ("concept_negatives", "concepts", "adds to the concept losses", True),
+              ("relation_negatives", "negatives", "adds to the hard negatives", True),
+              ("concept_head", "concepts", "pools the image for the concept losses", False))
+
+
 def check_config(cfg, world_size, losses):
     """the mistakes a train.py flag can make, found before anything is loaded. losses: {name: what it reads
     besides the captions} (train.LOSSES)"""
@@ -209,11 +217,11 @@ def check_config(cfg, world_size, losses):
     check_choice("device", cfg.device, ("auto", "cpu", "cuda"))
     check_choice("precision", cfg.precision, ("auto", "bf16", "fp32"))
     check_choice("adamw", cfg.adamw, ("auto", "fused", "foreach"))
-    for flag, reads in (("relation_concepts", "concepts"), ("concept_negatives", "concepts"), ("relation_negatives", "negatives")):
+    for flag, reads, what, about_relations in FLAG_NEEDS:
         if getattr(cfg, flag) and reads not in losses[cfg.loss]:
-            raise UsageError(f"--{flag} adds to the {'concept losses' if reads == 'concepts' else 'hard negatives'}; "
+            raise UsageError(f"--{flag} {what}; "
                              f"use it with --loss={' or '.join(n for n, r in losses.items() if reads in r)}")
-        if getattr(cfg, flag) and cfg.data == "world" and not cfg.relations:
+        if getattr(cfg, flag) and about_relations and cfg.data == "world" and not cfg.relations:
             raise UsageError(f"--{flag}: the world's captions state no relation without --relations; add it")
     if cfg.data == "world":  # objects sit in distinct cells; a relation caption needs two of them
         low = 2 if cfg.relations else 1
@@ -221,9 +229,6 @@ def check_config(cfg, world_size, losses):
             raise UsageError(f"--min_objects={cfg.min_objects} --max_objects={cfg.max_objects}: the world takes "
                              f"{low} <= min <= max <= {world.GRID ** 2} objects per scene"
                              + (" (--relations: at least 2)" if cfg.relations else ""))
-    if cfg.concept_head and "concepts" not in losses[cfg.loss]:
-        raise UsageError(f"--concept_head pools the image for the concept losses; use it with "
-                         f"--loss={' or '.join(n for n, r in losses.items() if 'concepts' in r)}")
     if cfg.grad_clip < 0:
         raise UsageError(f"--grad_clip={cfg.grad_clip}: a norm must be positive (0 turns clipping off)")
     if cfg.batch_size % world_size:
