@@ -337,6 +337,31 @@ def checked(batches, on_error):
         yield batch
 
 
+
+def make_batches(cfg, mcfg, dataset, tokenizer, env, start_step, groups):
+    """(this rank's batches from global step start_step on, endless; steps per epoch) for either source:
+    a sampler over an in-memory dataset, or the shard plan, which maps (epoch, step) to samples. groups: the text
+    groups each batch carries (train.text_groups)"""
+    local_batch = cfg.batch_size // env.world
+    collate = data.Collate(tokenizer, mcfg.image_size, groups, cfg.distinct_texts)
+    if isinstance(dataset, shards.ShardIndex):
+        plan = shards.Plan(dataset, cfg.batch_size, env.world, cfg.seed, cfg.shuffle_window, cfg.resampled,
+                           cfg.samples_per_epoch)
+        steps = plan.steps
+    else:
+        loader = data.make_loader(dataset, local_batch, collate, env.rank, env.world, cfg.seed, cfg.workers,
+                                  pin=env.use_cuda)
+        steps = len(loader)
+    if steps == 0:
+        raise UsageError(f"{cfg.samples_per_epoch or len(dataset)} records are fewer than one global batch of "
+                         f"{cfg.batch_size}; lower --batch_size or add data")
+    if isinstance(dataset, shards.ShardIndex):
+        stream = shards.ShardStream(dataset, plan, env.rank, mcfg.image_size, cfg.seed)
+        stream.start_step = start_step
+        return checked(iter(shards.make_loader(stream, collate, cfg.workers, pin=env.use_cuda)), cfg.bad_data), steps
+    return data.epoch_batches(loader, dataset, start_step, local_batch), steps
+
+
 class Logger:
     """one line per log step on rank 0 (step/total, losses, lr, t, b, img/s, elapsed, eta) and the same numbers
     in out_dir/metrics.jsonl; a fresh run starts a fresh file, a resumed one keeps the lines up to its step"""

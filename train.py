@@ -335,29 +335,6 @@ def build_model(cfg, mcfg, tokenizer, resume_ckpt, init_ckpt, device, log):
     return model, teacher
 
 
-def make_batches(cfg, mcfg, dataset, tokenizer, env, start_step):
-    """(this rank's batches from global step start_step on, endless; steps per epoch) for either source:
-    a sampler over an in-memory dataset, or the shard plan, which maps (epoch, step) to samples"""
-    local_batch = cfg.batch_size // env.world
-    collate = data.Collate(tokenizer, mcfg.image_size, text_groups(cfg.loss, cfg.concept_negatives), cfg.distinct_texts)
-    if isinstance(dataset, shards.ShardIndex):
-        plan = shards.Plan(dataset, cfg.batch_size, env.world, cfg.seed, cfg.shuffle_window, cfg.resampled,
-                           cfg.samples_per_epoch)
-        steps = plan.steps
-    else:
-        loader = data.make_loader(dataset, local_batch, collate, env.rank, env.world, cfg.seed, cfg.workers,
-                                  pin=env.use_cuda)
-        steps = len(loader)
-    if steps == 0:
-        raise UsageError(f"{cfg.samples_per_epoch or len(dataset)} records are fewer than one global batch of "
-                         f"{cfg.batch_size}; lower --batch_size or add data")
-    if isinstance(dataset, shards.ShardIndex):
-        stream = shards.ShardStream(dataset, plan, env.rank, mcfg.image_size, cfg.seed)
-        stream.start_step = start_step
-        return runtime.checked(iter(shards.make_loader(stream, collate, cfg.workers, pin=env.use_cuda)), cfg.bad_data), steps
-    return data.epoch_batches(loader, dataset, start_step, local_batch), steps
-
-
 def uses_bf16(cfg, env):
     """--precision: bf16 autocast on every device when asked, on CUDA only under auto"""
     return cfg.precision == "bf16" or (cfg.precision == "auto" and env.use_cuda)
@@ -466,7 +443,8 @@ def main(cfg):
     optimizer, step = start_optimizer(model, cfg, resume_ckpt, log)
     torch.manual_seed(cfg.seed + 1000 * env.rank + step)  # per-rank stream from here on
     forward = wrap_model(model, cfg, env)
-    batches, steps_per_epoch = make_batches(cfg, mcfg, dataset, tokenizer, env, step)
+    batches, steps_per_epoch = runtime.make_batches(cfg, mcfg, dataset, tokenizer, env, step,
+                                                    text_groups(cfg.loss, cfg.concept_negatives))
     if env.master:
         runtime.write_run_info(cfg, mcfg, env)
     log(f"training {cfg.steps} steps, global batch {cfg.batch_size} on {env.world} rank(s) ({env.device}), "

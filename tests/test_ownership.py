@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import concepts
+import runtime
 import train
 from model import model_config
 
@@ -45,7 +46,8 @@ def run():
     finally:
         mp.undo()
     env = SimpleNamespace(world=1, rank=0, use_cuda=False)
-    batches, _ = train.make_batches(cfg, mcfg, dataset, tokenizer, env, 0)
+    batches, _ = runtime.make_batches(cfg, mcfg, dataset, tokenizer, env, 0,
+                                      train.text_groups(cfg.loss, cfg.concept_negatives))
     return cfg, mcfg, dataset, tokenizer, [next(batches) for _ in range(4)]
 
 
