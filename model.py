@@ -54,6 +54,7 @@ class ModelConfig:
     init_logit_scale: float = math.log(10.0)
     init_logit_bias: float = -10.0
     image_pos_std: float = 0.02  # init std of the image tower's position embeddings (from scratch; METHOD.md §12)
+    text_pos_std: float = 0.02   # init std of the text tower's position embeddings (from scratch; METHOD.md §11)
     concept_head: bool = False   # a second MAP head pools the image for C2LIP's concept losses (METHOD.md §12)
 
     def __post_init__(self):
@@ -404,7 +405,7 @@ class DualEncoder(nn.Module):
         # named special cases: small text embeddings, or the tower ignores word order; position embeddings as
         # large as the token ones (CLIP's 0.01 left some seeds reading captions as bags of words, METHOD.md §11)
         nn.init.normal_(self.text.token_embedding.weight, std=0.02)
-        nn.init.normal_(self.text.positional_embedding, std=0.02)
+        nn.init.normal_(self.text.positional_embedding, std=cfg.text_pos_std)
         nn.init.normal_(self.visual.pos_embed, std=cfg.image_pos_std)
         nn.init.normal_(self.visual.attn_pool.latent, std=cfg.width ** -0.5)
         if cfg.concept_head:

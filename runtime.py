@@ -25,9 +25,9 @@ from cli import MissingFileError, Stopped, UsageError, check_choice
 from model import PRESETS, ModelConfig, model_config
 
 RESUME_KEYS = ("data", "model", "image_size", "loss", "batch_size", "seed", "world_scenes", "world_seed", "min_objects",
-               "max_objects", "world_split", "relations", "num_negatives", "concepts", "negatives", "caption_key",
-               "resampled", "samples_per_epoch", "shuffle_window", "relation_negatives", "relation_concepts",
-               "concept_negatives")  # what must not change under --resume
+               "max_objects", "world_split", "relations", "world_bare", "world_partial", "world_bare_all",
+               "num_negatives", "concepts", "negatives", "caption_key", "resampled", "samples_per_epoch",
+               "shuffle_window", "relation_negatives", "relation_concepts", "concept_negatives")  # what must not change under --resume
 
 
 def check_resume_config(saved, cfg, path):
@@ -229,6 +229,11 @@ def check_config(cfg, world_size, losses):
             raise UsageError(f"--min_objects={cfg.min_objects} --max_objects={cfg.max_objects}: the world takes "
                              f"{low} <= min <= max <= {world.GRID ** 2} objects per scene"
                              + (" (--relations: at least 2)" if cfg.relations else ""))
+        for flag in ("world_bare", "world_partial", "world_bare_all"):
+            if not 0 <= getattr(cfg, flag) <= 1:
+                raise UsageError(f"--{flag}={getattr(cfg, flag)}: a probability, between 0 and 1")
+            if getattr(cfg, flag) and cfg.relations:
+                raise UsageError(f"--{flag}: relation captions are kept whole; drop --relations or --{flag}")
     if cfg.grad_clip < 0:
         raise UsageError(f"--grad_clip={cfg.grad_clip}: a norm must be positive (0 turns clipping off)")
     if cfg.batch_size % world_size:
@@ -304,7 +309,7 @@ def load_start(cfg, log):
         check_resume_config(resume_ckpt["config"], cfg, ckpt_path)
     if init_ckpt is not None:
         mcfg = ModelConfig(**init_ckpt["model_config"])
-        for flag in ("image_pos_std", "concept_head"):
+        for flag in ("image_pos_std", "text_pos_std", "concept_head"):
             if getattr(cfg, flag) and cfg.init:
                 raise UsageError(f"--{flag} sets how a model starts from scratch; --init={cfg.init} brings its own "
                                  f"weights: drop one of the two")
@@ -315,6 +320,7 @@ def load_start(cfg, log):
         try:
             mcfg = model_config(cfg.model, **({"image_size": cfg.image_size} if cfg.image_size else {}),
                                 **({"image_pos_std": cfg.image_pos_std} if cfg.image_pos_std else {}),
+                                **({"text_pos_std": cfg.text_pos_std} if cfg.text_pos_std else {}),
                                 **({"concept_head": True} if cfg.concept_head else {}))
         except KeyError:
             raise UsageError(f"--model={cfg.model}: unknown preset; expected one of "

@@ -65,6 +65,9 @@ class Config:
     max_objects: int = 3
     world_split: str = "default"     # default | compositional: held-out colour-shape pairs and spatial facts (world.py)
     relations: bool = False          # world captions state a spatial relation ("a red circle left of a blue square")
+    world_bare: float = 0.0          # world captions: each object named without its colour with this probability ("a circle")
+    world_partial: float = 0.0       # world captions: with this probability a caption names only some of its objects
+    world_bare_all: float = 0.0      # world captions: with this probability a caption names its objects without colours
     workers: int = 0                 # DataLoader worker processes per rank
     bad_data: str = "skip"           # skip (and report) or error on a bad record or unreadable image
     max_skip_fraction: float = 0.01  # stop once more than this fraction of the records was skipped
@@ -72,6 +75,7 @@ class Config:
     model: str = "tiny"              # size preset in model.PRESETS: tiny, S/16, B/16
     image_size: int = 0              # 0 = the preset's
     image_pos_std: float = 0.0       # 0 = the model's (0.02); from scratch: init std of the image position embeddings (METHOD.md §12)
+    text_pos_std: float = 0.0        # 0 = the model's (0.02); from scratch: init std of the text position embeddings (METHOD.md §11)
     concept_head: bool = False       # from scratch, concept losses: L_npc and L_xac read a second MAP head (METHOD.md §12)
     # loss
     loss: str = "siglip"             # siglip | c2lip | degla | c2lip+degla (L_base + C2LIP's concept losses + DeGLA's)
@@ -257,7 +261,8 @@ def build_data(cfg, mcfg, log=print, tokenizer=None):
         t0 = time.time()
         log(f"world: drawing {cfg.world_scenes:,} training scenes (world_seed {cfg.world_seed}) ...")
         dataset = world.WorldDataset(cfg.world_scenes, cfg.world_seed, mcfg.image_size, cfg.min_objects, cfg.max_objects,
-                                    world_split=cfg.world_split, relations=cfg.relations)
+                                    world_split=cfg.world_split, relations=cfg.relations, bare=cfg.world_bare,
+                                    partial=cfg.world_partial, bare_all=cfg.world_bare_all)
         log(f"world: {len(dataset):,} scenes in {time.time() - t0:.1f}s")
         tokenizer = tokenizer or WordTokenizer(world.world_vocabulary(cfg.relations), mcfg.context_length)
     elif shards.is_shards(cfg.data):

@@ -13,6 +13,8 @@ Two options change the world (the default world stays bit-identical without them
   reported apart on seen and unseen compositions.
 - relations=True: the caption states the spatial relation of two of the objects, last:
   "a green star and a red circle left of a blue square".
+Training captions can also say less than the long caption (WorldDataset's bare and partial, train.py's
+--world_bare and --world_partial): objects without their colour, or only some of the objects.
 
     python world.py --out=world_preview.png    # draws a grid of scenes with their captions
 """
@@ -125,6 +127,32 @@ def long_caption(objects, rng):
     order = list(objects)
     rng.shuffle(order)
     return list_phrases([object_phrase(o) for o in order])
+
+
+def bare_phrase(obj):
+    """the object without its colour: "a circle" """
+    return f"{article(obj['shape'])} {obj['shape']}"
+
+
+def varied_caption(objects, rng, bare=0.0, partial=0.0, bare_all=0.0):
+    """a true caption that may say less than long_caption: with probability `partial` it names a random
+    non-empty part of the objects (fewer than all); with probability `bare_all` it names them all without
+    their colours ("a circle and a square"), and otherwise each goes without its colour with probability
+    `bare` ("a circle and a blue square")"""
+    order = list(objects)
+    rng.shuffle(order)
+    if len(order) > 1 and rng.random() < partial:
+        order = order[:rng.randint(1, len(order) - 1)]
+    if bare_all and rng.random() < bare_all:
+        return list_phrases([bare_phrase(o) for o in order])
+    return list_phrases([bare_phrase(o) if rng.random() < bare else object_phrase(o) for o in order])
+
+
+def vary_captions(objects, seed, bare, partial, bare_all=0.0):
+    """varied_caption for every scene, each from a stream of its own (apart from the scene's, so the images
+    stay those of the plain world)"""
+    return [varied_caption(objs, random.Random(zlib.crc32(f"caption:{seed}:{i}".encode())), bare, partial, bare_all)
+            for i, objs in enumerate(objects)]
 
 
 def true_relations(a, b):
@@ -283,10 +311,13 @@ class WorldDataset(torch.utils.data.Dataset):
     """the built-in world, rendered once into memory"""
 
     def __init__(self, n, seed, image_size=32, min_objects=2, max_objects=3, split="train", world_split="default",
-                 relations=False):
+                 relations=False, bare=0.0, partial=0.0, bare_all=0.0):
+        """bare, partial, bare_all: captions that say less (varied_caption); all 0 keeps the long captions"""
         keep = scene_filter(world_split) if split == "train" else None
         self.images, self.captions, self.objects = make_world(n, seed, image_size, min_objects, max_objects, split,
                                                               keep, relations)
+        if bare or partial or bare_all:
+            self.captions = vary_captions(self.objects, seed, bare, partial, bare_all)
 
     def __len__(self):
         return len(self.captions)
@@ -337,9 +368,6 @@ def _dump(obj, path):
 
 def _export_pairs(dirs, n_scenes, base, image_size, keep, part, rng):
     """two-object scenes -> the SugarCrepe-style subsets and the concept-binding test"""
-    def bare(o):  # the object without its colour
-        return f"{article(o['shape'])} {o['shape']}"
-
     def both(first, second):
         return f"{first} and {second}"
 
@@ -371,7 +399,7 @@ def _export_pairs(dirs, n_scenes, base, image_size, keep, part, rng):
             list_phrases([object_phrase(a), object_phrase(b), object_phrase(dict(colour=colour, shape=shape))]))
         phr = [object_phrase(a), object_phrase(b)]
         pos, neg = list(phr), list(phr)
-        pos[k], neg[k] = bare(objs[k]), object_phrase({**objs[k], "colour": colour})
+        pos[k], neg[k] = bare_phrase(objs[k]), object_phrase({**objs[k], "colour": colour})
         add(subsets["add_att"], both(*pos), both(*neg))
         for o, other in ((a, b), (b, a)):
             if part != "unseen" or (o["colour"], o["shape"]) in HELD_OUT_PAIRS:

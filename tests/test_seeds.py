@@ -24,14 +24,16 @@ def test_default_recipe_pins():
     assert all(abs(s - 0.02) < 0.002 for s in stds)
 
 
-def test_image_pos_std_sets_the_start_and_nothing_else(tmp_path):
+@pytest.mark.parametrize("flag,tensor", [("image_pos_std", lambda m: m.visual.pos_embed),
+                                         ("text_pos_std", lambda m: m.text.positional_embedding)])
+def test_pos_std_sets_the_start_and_nothing_else(tmp_path, flag, tensor):
     import runtime
     for std in (0.02, 0.4):  # the default's 0.02, and the flag's value reaching the model through train.Config
-        cfg = train.Config(image_pos_std=std if std != 0.02 else 0.0)
+        cfg = train.Config(**{flag: std if std != 0.02 else 0.0})
         _, _, mcfg = runtime.load_start(cfg, log=lambda *a: None)
         torch.manual_seed(0)
         m = DualEncoder(dataclasses.replace(mcfg, vocab_size=64))
-        assert m.visual.pos_embed.std().item() == pytest.approx(std, rel=0.1)
+        assert tensor(m).std().item() == pytest.approx(std, rel=0.1)
         torch.manual_seed(0)
         ref = DualEncoder(model_config("tiny", vocab_size=64))
         same = [k for k, v in m.state_dict().items() if torch.equal(v, ref.state_dict()[k])]
@@ -42,8 +44,8 @@ def test_image_pos_std_sets_the_start_and_nothing_else(tmp_path):
     checkpoint.save_checkpoint(str(tmp_path / "c.pt"), DualEncoder(model_config("tiny", vocab_size=tok.vocab_size)),
                                None, train.Config(), tok, 0)
     runtime.load_start(train.Config(init=str(tmp_path / "c.pt")), log=lambda *a: None)  # (a valid checkpoint)
-    with pytest.raises(runtime.UsageError, match="--image_pos_std"):  # an init keeps its weights: the flag is refused
-        runtime.load_start(train.Config(image_pos_std=0.4, init=str(tmp_path / "c.pt")), log=lambda *a: None)
+    with pytest.raises(runtime.UsageError, match=f"--{flag}"):  # an init keeps its weights: the flag is refused
+        runtime.load_start(train.Config(**{flag: 0.4}, init=str(tmp_path / "c.pt")), log=lambda *a: None)
 
 
 TINY = "--steps=3 --warmup=1 --world_scenes=64 --batch_size=16 --eval_scenes=16 --log_every=1 --ckpt_every=3"
