@@ -676,6 +676,17 @@ def score_zeroshot(enc, folder, classnames=None, templates=None, siglip=False, n
                   ties="counted against the true class")
 
 
+def own_templates(choice):
+    """--templates given as prompts ("a {c}|a photo of a {c}") -> their list; a named set -> None"""
+    if "{" not in choice:
+        return None
+    templates = [t.strip() for t in choice.split("|") if t.strip()]
+    if not all(t.count("{") == 1 and ("{c}" in t or "{}" in t) for t in templates):
+        raise UsageError(f"--templates={choice!r}: each prompt holds the class name once, as {{c}} or {{}}, "
+                         f"prompts separated by | (e.g. --templates='a {{c}}|a photo of a {{c}}')")
+    return templates
+
+
 def eval_zeroshot(enc, folder, templates_choice="auto"):
     """every dataset folder under folder; names and templates from classnames.json / templates.json when present"""
     names_file, tmpl_file = os.path.join(folder, "classnames.json"), os.path.join(folder, "templates.json")
@@ -689,7 +700,7 @@ def eval_zeroshot(enc, folder, templates_choice="auto"):
         raise MissingFileError(f"{folder}: no dataset folders")
     out = []
     for ds in datasets:
-        t = {"auto": tmpls.get(ds), "openai": OPENAI_TEMPLATES, "siglip": None}[templates_choice]
+        t = own_templates(templates_choice) or {"auto": tmpls.get(ds), "openai": OPENAI_TEMPLATES, "siglip": None}[templates_choice]
         out.append(score_zeroshot(enc, os.path.join(folder, ds), names.get(ds), t, templates_choice == "siglip",
                                   names_file, dataset=ds))
     return out
@@ -839,10 +850,12 @@ def run_benchmarks(enc, root, tasks, **options):
     return out
 
 
-def world_metrics(enc, root, n_scenes, seed, image_size, part="all", relations=False):
-    """one part of the world's held-out tests (world.PARTS), exported under root and scored -> {name: fraction}"""
+def world_metrics(enc, root, n_scenes, seed, image_size, part="all", relations=False, templates="auto"):
+    """one part of the world's held-out tests (world.PARTS), exported under root and scored -> {name: fraction};
+    templates: the zero-shot prompts (auto = the world's three)"""
     world.export_world(root, n_scenes, seed, image_size, part, relations)
-    res = run_benchmarks(enc, root, ["retrieval", "zeroshot", "binding", "sugarcrepe"], check_counts=False)
+    res = run_benchmarks(enc, root, ["retrieval", "zeroshot", "binding", "sugarcrepe"], check_counts=False,
+                         templates=templates)
     if relations:  # the relation tests go through the same SugarCrepe reader and selection scorer
         folder = world.export_world_relations(root, n_scenes, seed, image_size, part)
         res += eval_sugarcrepe(enc, folder, os.path.join(folder, "images"), False, prefix="relation")
@@ -863,19 +876,19 @@ def world_metrics(enc, root, n_scenes, seed, image_size, part="all", relations=F
 
 
 def evaluate_world(model, tokenizer, seed=0, n_scenes=1000, image_size=32, device="cpu", batch_size=256,
-                   progress=False, world_split="default", relations=False):
+                   progress=False, world_split="default", relations=False, templates="auto"):
     """the built-in world's held-out tests, through the benchmark readers and scorers; returns {name: fraction}.
 
     world_split="compositional": every test twice, on seen and on unseen compositions ("seen/<name>",
     "unseen/<name>"; world.export_world and world.export_world_relations say which records each part holds).
-    relations: adds the relation tests swap_rel and replace_rel.
+    relations: adds the relation tests swap_rel and replace_rel. templates: as evaluate.py's --templates.
     """
     parts = ["seen", "unseen"] if world_split == "compositional" else ["all"]
     out = {}
     for part in parts:
         enc = Encoder(model, tokenizer, device, batch_size, progress=progress)  # its image cache is keyed by path
         with tempfile.TemporaryDirectory() as root:
-            m = world_metrics(enc, root, n_scenes, seed, image_size, part, relations)
+            m = world_metrics(enc, root, n_scenes, seed, image_size, part, relations, templates)
         out.update(m if part == "all" else {f"{part}/{k}": v for k, v in m.items()})
     return out
 
@@ -944,7 +957,7 @@ class EvalConfig:
     check_counts: bool = True        # assert official record counts on full-size files
     max_captions: int = 5            # retrieval captions per image (0 = all)
     folds: int = 1                   # retrieval: 5 = COCO 1K protocol (mean over 5 folds)
-    templates: str = "auto"          # zero-shot prompts: auto (templates.json entry, else the 80 OpenAI ones) | openai | siglip
+    templates: str = "auto"          # zero-shot prompts: auto (templates.json entry, else the 80 OpenAI ones) | openai | siglip | your own, '|'-separated ("a {c}|a photo of a {c}")
     vga_min_count: int = 25          # ARO VG-Attribution: records per pair in the macro average
     order_seed: int = 1              # ARO-Order perturbation seed
     scenes: int = 1000               # world: held-out scenes per test
@@ -961,7 +974,8 @@ def main(a):
     if not a.ckpt:
         raise UsageError("--ckpt is required: the checkpoint to evaluate, e.g. --ckpt=runs/siglip/ckpt.pt")
     check_choice("task", a.task, ["world", "all", "attention"] + TASKS)
-    check_choice("templates", a.templates, ("auto", "openai", "siglip"))
+    if own_templates(a.templates) is None:
+        check_choice("templates", a.templates, ("auto", "openai", "siglip"))
     check_choice("device", a.device, ("auto", "cpu", "cuda"))
     if a.task not in ("world", "attention"):
         if not a.root:
@@ -996,12 +1010,14 @@ def main(a):
         print(f"evaluating {a.ckpt} on the held-out world ({a.scenes} scenes per test) ...", flush=True)
         trained = ckpt.get("config", {})  # the world the checkpoint was trained on: its split and caption style
         res = evaluate_world(model, tokenizer, a.seed, a.scenes, model.cfg.image_size, device, a.batch_size, True,
-                             trained.get("world_split", "default"), trained.get("relations", False))
+                             trained.get("world_split", "default"), trained.get("relations", False), a.templates)
         print_table(res)
         os.makedirs(out_dir, exist_ok=True)
-        name = "world.json" if a.image_head == "main" else "world_concept_head.json"
+        name = "world" + ("_concept_head" if a.image_head == "concept" else "") \
+            + ("_templates" if a.templates != "auto" else "") + ".json"
         with open(os.path.join(out_dir, name), "w") as f:
-            json.dump({"checkpoint": a.ckpt, "image_head": a.image_head, "results": res}, f, indent=2)
+            json.dump({"checkpoint": a.ckpt, "image_head": a.image_head, "templates": a.templates, "results": res}, f,
+                      indent=2)
         print(f"wrote {os.path.join(out_dir, name)}")
     else:
         tasks = TASKS if a.task == "all" else [a.task]

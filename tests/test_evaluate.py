@@ -270,6 +270,48 @@ def test_zeroshot_top1_top5_mean_per_class(enc, tmp_path):
     assert json.load(open(path))["metrics"]["acc5"] is None
 
 
+def test_own_templates_replace_the_named_sets(enc, tmp_path):
+    for cls in ("red", "green"):
+        png(str(tmp_path / "zeroshot/two" / cls / "0.png"), cls)
+    dump({"two": ["a photo of a {c}."]}, str(tmp_path / "zeroshot/templates.json"))
+
+    class Spy:
+        def __init__(self):
+            self.prompts = []
+
+        def texts(self, texts, desc=""):
+            self.prompts += texts
+            return enc.texts(texts, desc)
+
+        def images(self, refs, desc=""):
+            return enc.images(refs, desc)
+    for choice, prompts in (("auto", ["a photo of a green.", "a photo of a red."]),
+                            ("{c}| a {c} thing", ["green", "a green thing", "red", "a red thing"])):
+        spy = Spy()
+        res = ev.run_benchmarks(spy, str(tmp_path), ["zeroshot"], templates=choice)
+        assert spy.prompts == prompts and metrics_of(res, "two")["acc1"] == 1.0
+    assert ev.own_templates("openai") is None
+    for bad in ("a {x}", "a {c} or {c}", "{c}|a photo {"):
+        with pytest.raises(ev.UsageError, match="each prompt holds the class name once"):
+            ev.own_templates(bad)
+
+
+def test_world_evaluation_passes_the_templates_on(monkeypatch):
+    import world
+    from model import DualEncoder, WordTokenizer, model_config
+    tok = WordTokenizer(world.world_vocabulary(), 16)
+    torch.manual_seed(0)
+    model = DualEncoder(model_config("tiny", vocab_size=tok.vocab_size))
+    seen, real = [], ev.run_benchmarks
+
+    def spy(enc, root, tasks, **options):
+        seen.append(options.get("templates"))
+        return real(enc, root, tasks, **options)
+    monkeypatch.setattr(ev, "run_benchmarks", spy)
+    ev.evaluate_world(model, tok, n_scenes=12, templates="a {c}")
+    assert seen == ["a {c}"]
+
+
 def test_templates_and_siglip_aliases():
     assert len(ev.OPENAI_TEMPLATES) == 80 and len(ev.SIGLIP_TEMPLATES) == 81 and ev.SIGLIP_TEMPLATES[-1] == "{}"
     assert ev.OPENAI_TEMPLATES[0] == "a bad photo of a {}." and ev.OPENAI_TEMPLATES[-1] == "a tattoo of the {}."
