@@ -27,7 +27,8 @@ from model import PRESETS, ModelConfig, model_config
 RESUME_KEYS = ("data", "model", "image_size", "loss", "batch_size", "seed", "world_scenes", "world_seed", "min_objects",
                "max_objects", "world_split", "relations", "world_bare", "world_partial", "world_bare_all",
                "num_negatives", "concepts", "negatives", "caption_key", "resampled", "samples_per_epoch",
-               "shuffle_window", "relation_negatives", "relation_concepts", "concept_negatives")  # what must not change under --resume
+               "shuffle_window", "relation_negatives", "relation_concepts", "concept_negatives",
+               "position_concepts")  # what must not change under --resume
 
 
 def check_resume_config(saved, cfg, path):
@@ -203,7 +204,8 @@ class Env:
 FLAG_NEEDS = (("relation_concepts", "concepts", "adds to the concept losses", True),
               ("concept_negatives", "concepts", "adds to the concept losses", True),
               ("relation_negatives", "negatives", "adds to the hard negatives", True),
-              ("concept_head", "concepts", "pools the image for the concept losses", False))
+              ("concept_head", "concepts", "pools the image for the concept losses", False),
+              ("position_concepts", "concepts", "adds to the concept losses", False))
 
 
 def check_config(cfg, world_size, losses):
@@ -217,6 +219,9 @@ def check_config(cfg, world_size, losses):
     check_choice("device", cfg.device, ("auto", "cpu", "cuda"))
     check_choice("precision", cfg.precision, ("auto", "bf16", "fp32"))
     check_choice("adamw", cfg.adamw, ("auto", "fused", "foreach"))
+    check_choice("position_concepts", cfg.position_concepts, ("", "add", "only"))
+    if cfg.position_concepts and cfg.data != "world":
+        raise UsageError("--position_concepts: only the built-in world knows where its objects are; drop it for --data")
     for flag, reads, what, about_relations in FLAG_NEEDS:
         if getattr(cfg, flag) and reads not in losses[cfg.loss]:
             raise UsageError(f"--{flag} {what}; "

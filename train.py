@@ -86,6 +86,7 @@ class Config:
     concepts: str = ""               # C2LIP: concept cache from `python concepts.py extract` ("" = extract now)
     relation_concepts: bool = False  # C2LIP: each "subject relation object" phrase of a caption is a concept too
     concept_negatives: bool = False  # C2LIP: that phrase swapped / its relation replaced, a negative concept in L_npc
+    position_concepts: str = ""      # C2LIP, world: "add" = "a red circle at the top left" per object as a concept too; "only" = instead of the object phrases
     negatives: str = ""              # DeGLA: negatives file in the official shape ("" = generate with concepts.py)
     num_negatives: int = 4           # DeGLA: K hard negatives per caption
     relation_negatives: bool = False   # DeGLA: relation negatives (swap the phrases around a relation, replace the relation) in slots 2 and 4
@@ -264,7 +265,8 @@ def build_data(cfg, mcfg, log=print, tokenizer=None):
                                     world_split=cfg.world_split, relations=cfg.relations, bare=cfg.world_bare,
                                     partial=cfg.world_partial, bare_all=cfg.world_bare_all)
         log(f"world: {len(dataset):,} scenes in {time.time() - t0:.1f}s")
-        tokenizer = tokenizer or WordTokenizer(world.world_vocabulary(cfg.relations), mcfg.context_length)
+        tokenizer = tokenizer or WordTokenizer(world.world_vocabulary(cfg.relations, bool(cfg.position_concepts)),
+                                               mcfg.context_length)
     elif shards.is_shards(cfg.data):
         dataset = shards.load_index_once(cfg.data, cfg.caption_key, cfg.out_dir, max(1, cfg.workers), cfg.bad_data, log)
     else:
@@ -285,6 +287,9 @@ def build_data(cfg, mcfg, log=print, tokenizer=None):
             held_out = world.names_held_out if cfg.data == "world" and cfg.world_split != "default" else None
             concepts.add_relation_concepts(annotations, dataset.captions, cfg.seed, vocab, cfg.relation_concepts,
                                            cfg.concept_negatives, held_out, log)
+        if cfg.position_concepts:  # METHOD.md §12: object phrases that state where the object is
+            annotations["concepts"] = world.with_position_concepts(annotations["concepts"], dataset.objects,
+                                                                   cfg.position_concepts == "only")
         n = [len(c) for c in annotations["concepts"]]
         log(f"concepts: {sum(n) / len(n):.2f} per caption on average, max {max(n)}")
     if uses_negatives(cfg.loss):

@@ -134,6 +134,17 @@ def bare_phrase(obj):
     return f"{article(obj['shape'])} {obj['shape']}"
 
 
+def with_position_concepts(concepts, objects, only=False):
+    """each scene's concepts plus a position_phrase per object; only=True: its object phrases ("a red circle")
+    give way to them, the other concepts (relation phrases) stay"""
+    out = []
+    for cons, objs in zip(concepts, objects):
+        plain = {object_phrase(o) for o in objs}
+        kept = [c for c in cons if not (only and c in plain)]
+        out.append(kept + [position_phrase(o) for o in objs])
+    return out
+
+
 def varied_caption(objects, rng, bare=0.0, partial=0.0, bare_all=0.0):
     """a true caption that may say less than long_caption: with probability `partial` it names a random
     non-empty part of the objects (fewer than all); with probability `bare_all` it names them all without
@@ -263,11 +274,18 @@ def make_world(n, seed, image_size=32, min_objects=2, max_objects=3, split="trai
     return images, captions, objects
 
 
-def world_vocabulary(relations=False):
+def world_vocabulary(relations=False, positions=False):
     """every word the world and its evaluation prompts use (the tokenizer is built from it); the relation
-    words come last and only with relations, so the default vocabulary (and model) is unchanged"""
+    and position words come last and only when asked for, so the default vocabulary (and model) is unchanged"""
     words = list(COLOURS) + SHAPES + ["a", "an", "and", "the", "photo", "of", "shape", "object"]
-    return words + (["left", "above", "below"] if relations else [])
+    words += ["left", "above", "below"] if relations else []
+    return words + ([w for w in ("at", "top", "bottom", "left", "right") if w not in words] if positions else [])
+
+
+def position_phrase(obj):
+    """the object and its cell of the 2x2 grid: "a red circle at the top left" """
+    row, col = divmod(obj["cell"], GRID)
+    return f"{object_phrase(obj)} at the {('top', 'bottom')[row]} {('left', 'right')[col]}"
 
 
 _RELATION_TEXT = re.compile(r"\b(%s) (left of|above|below) an? (%s) (%s)\b" % (
