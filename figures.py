@@ -226,6 +226,29 @@ def relation_scores(model, tokenizer, folder):
             "swap_acc": ((x * y).sum(-1) > (x * z).sum(-1)).float().mean().item(), "records": len(records)}
 
 
+def position_scores(model, tokenizer, n=500, seed=0):
+    """for a model trained with --position_concepts: over the objects of n held-out relation scenes, how often
+    the image prefers "<object> at the top left" (its true cell) to the same object in the mirrored column
+    (left_right) and in the mirrored row (top_bottom); 50 = the image embedding does not say where objects are"""
+    images, _, objects = world.make_world(n, seed, model.cfg.image_size, split="test", relations=True)
+    model.eval()
+    right = {"left_right": 0, "top_bottom": 0}
+    with torch.no_grad():
+        x = model.encode_image(torch.stack([data.to_tensor(im) for im in images]))[0]
+        count = 0
+        for xi, objs in zip(x, objects):
+            for o in objs:
+                row, col = divmod(o["cell"], world.GRID)
+                moved = {"left_right": row * world.GRID + (world.GRID - 1 - col),
+                         "top_bottom": (world.GRID - 1 - row) * world.GRID + col}
+                texts = [world.position_phrase(o)] + [world.position_phrase({**o, "cell": c}) for c in moved.values()]
+                s = model.encode_text(tokenizer.encode(texts)) @ xi
+                for j, key in enumerate(moved, 1):
+                    right[key] += (s[0] > s[j]).item()
+                count += 1
+    return {key: v / count for key, v in right.items()} | {"objects": count}
+
+
 def relations_table(runs, root, n=1000, seed=0):
     """relation_scores of each run's ckpt.pt on the seen and on the unseen relation tests of the compositional
     world (exported under root at the model's image size), printed and written to <run>/relation_scores.json.
@@ -240,11 +263,17 @@ def relations_table(runs, root, n=1000, seed=0):
             if (part, size) not in folders:
                 folders[part, size] = world.export_world_relations(os.path.join(root, f"{part}_{size}"), n, seed, size, part)
         scores = {part: relation_scores(model, tok, folders[part, size]) for part in ("seen", "unseen")}
+        if all(w in getattr(tok, "stoi", {}) for w in ("top", "bottom", "left", "right")):  # a --position_concepts run
+            scores["position"] = position_scores(model, tok)
         with open(os.path.join(run_dir, "relation_scores.json"), "w") as f:
             json.dump(scores, f, indent=1)
         print(f"{name:{width}s} {scores['seen']['text_swap_cos']:18.3f} / {scores['unseen']['text_swap_cos']:.3f}"
               f" {scores['seen']['image_mirror_cos']:21.3f} / {scores['unseen']['image_mirror_cos']:.3f}"
               f" {100 * scores['seen']['swap_acc']:17.1f} / {100 * scores['unseen']['swap_acc']:.1f}")
+        if "position" in scores:
+            p = scores["position"]
+            print(f"{'':{width}s} position of an object (--position_concepts): left/right {100 * p['left_right']:.1f}, "
+                  f"top/bottom {100 * p['top_bottom']:.1f} over {p['objects']} held-out objects (chance 50)")
 
 
 def checkpoint_steps(run_dir):

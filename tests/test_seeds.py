@@ -176,6 +176,34 @@ def test_relation_scores_agree_with_the_benchmark_scorer(tmp_path):
     assert bag["text_swap_cos"] == pytest.approx(1.0, abs=1e-5)
 
 
+def test_position_scores_against_one_object_at_a_time():
+    import data
+    import figures
+    import world
+    from model import WordTokenizer
+    tok = WordTokenizer(world.world_vocabulary(True, True), 16)
+    torch.manual_seed(1)
+    m = DualEncoder(model_config("tiny", vocab_size=tok.vocab_size)).eval()
+    with torch.no_grad():
+        m.visual.pos_embed.normal_(std=0.5)  # an image tower that sees where things are, a little
+    mine = figures.position_scores(m, tok, n=40, seed=2)
+    images, _, objects = world.make_world(40, 2, 32, split="test", relations=True)
+    right, n = {"left_right": 0, "top_bottom": 0}, 0
+    with torch.no_grad():
+        for img, objs in zip(images, objects):
+            x = m.encode_image(data.to_tensor(img)[None])[0][0]
+            for o in objs:
+                r, c = divmod(o["cell"], 2)
+                score = lambda cell: (m.encode_text(tok.encode([world.position_phrase({**o, "cell": cell})]))[0] @ x).item()  # noqa: E731
+                right["left_right"] += score(o["cell"]) > score(2 * r + 1 - c)
+                right["top_bottom"] += score(o["cell"]) > score(2 * (1 - r) + c)
+                n += 1
+    assert mine["objects"] == n == sum(len(o) for o in objects)
+    assert mine["left_right"] == pytest.approx(right["left_right"] / n, abs=1.5 / n)  # one near-tie may round apart
+    assert mine["top_bottom"] == pytest.approx(right["top_bottom"] / n, abs=1.5 / n)
+    assert 0 < mine["left_right"] < 1 and 0 < mine["top_bottom"] < 1
+
+
 def test_seeds_figure_scores_every_kept_checkpoint(tmp_path):
     import figures
     run = tmp_path / "run"
