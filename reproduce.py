@@ -132,6 +132,13 @@ RELATION_ROWS = [
     # ... and with the concept losses on a MAP head of their own (--concept_head)
     ("C2LIP+DeGLA + relation negatives, image positions 0.4, concept head",
      "--loss=c2lip+degla --relation_negatives --image_pos_std=0.4 --concept_head"),
+    # ... and with concepts that state where each object is (--position_concepts)
+    ("C2LIP + relation concepts + negative concepts, image positions 0.4, position concepts",
+     "--loss=c2lip --relation_concepts --concept_negatives --image_pos_std=0.4 --position_concepts=add"),
+    ("C2LIP+DeGLA + relation negatives, image positions 0.4, position concepts",
+     "--loss=c2lip+degla --relation_negatives --image_pos_std=0.4 --position_concepts=add"),
+    ("C2LIP+DeGLA + relation negatives, image positions 0.4, position concepts only",
+     "--loss=c2lip+degla --relation_negatives --image_pos_std=0.4 --position_concepts=only"),
 ]
 # the fine-tuning study: (name, loss, overrides of the fine-tune); a control with the same lr and steps goes with
 # each budget, so every C2LIP row has a like-for-like SigLIP row
