@@ -7,6 +7,7 @@ Losses, as pure functions of embeddings. Each returns a scalar; the training loo
   degla_base_loss      L_base, NegCLIP-style softmax with hard negatives      (METHOD.md §3.3)
   igc_loss, tgc_loss   DeGLA's image- and text-grounded contrast             (METHOD.md §3.4, §3.5)
   distill_loss         DeGLA's squared distance to the EMA teacher            (METHOD.md §3.6)
+  position_contrast_loss  ours: a softmax over each object's position phrases  (METHOD.md §12)
 
 All embeddings arrive L2-normalised. Every loss runs in at least fp32 whatever the autocast region around it:
 `fp32_loss` switches autocast off for the loss and upcasts bf16/fp16 inputs (a `.float()` alone is not enough:
@@ -294,3 +295,19 @@ def distill_loss(student, teacher):
     training loop scales its weight by ref_batch / N).
     """
     return sum(((fp32(s) - fp32(t).detach()) ** 2).sum() for s, t in zip(student, teacher))
+
+
+@fp32_loss
+def position_contrast_loss(v, y, owner, logit_scale, n_images, variants):
+    """ours (METHOD.md §12, --position_contrast): for each object of an image, a softmax over the image's
+    scores of `variants` phrases of that object, one per grid cell, its own cell first (label 0); mean over
+    the image's objects, then over the global n_images (so the ranks' shares add up to the one-process loss).
+    v: (b, d) this rank's images; y: (n * variants, d) the phrases, object-major; owner: (n * variants,) the
+    local image of each phrase."""
+    v, y = fp32(v), fp32(y)
+    y = y.view(-1, variants, y.shape[-1])  # (n, variants, d)
+    own = owner.view(-1, variants)[:, 0]  # (n,)
+    logits = logit_scale.exp() * torch.einsum("nd,nkd->nk", v[own], y)
+    ce = F.cross_entropy(logits, torch.zeros_like(own), reduction="none")
+    per_image = torch.bincount(own, minlength=v.shape[0]).clamp(min=1)
+    return (ce / per_image[own]).sum() / n_images

@@ -28,7 +28,7 @@ RESUME_KEYS = ("data", "model", "image_size", "loss", "batch_size", "seed", "wor
                "max_objects", "world_split", "relations", "world_bare", "world_partial", "world_bare_all",
                "num_negatives", "concepts", "negatives", "caption_key", "resampled", "samples_per_epoch",
                "shuffle_window", "relation_negatives", "relation_concepts", "concept_negatives",
-               "position_concepts")  # what must not change under --resume
+               "position_concepts", "position_contrast")  # what must not change under --resume
 
 
 def check_resume_config(saved, cfg, path):
@@ -220,8 +220,11 @@ def check_config(cfg, world_size, losses):
     check_choice("precision", cfg.precision, ("auto", "bf16", "fp32"))
     check_choice("adamw", cfg.adamw, ("auto", "fused", "foreach"))
     check_choice("position_concepts", cfg.position_concepts, ("", "add", "only"))
-    if cfg.position_concepts and cfg.data != "world":
-        raise UsageError("--position_concepts: only the built-in world knows where its objects are; drop it for --data")
+    for flag in ("position_concepts", "position_contrast"):
+        if getattr(cfg, flag) and cfg.data != "world":
+            raise UsageError(f"--{flag}: only the built-in world knows where its objects are; drop it for --data")
+    if cfg.position_contrast < 0:
+        raise UsageError(f"--position_contrast={cfg.position_contrast}: a loss weight, 0 (off) or more")
     for flag, reads, what, about_relations in FLAG_NEEDS:
         if getattr(cfg, flag) and reads not in losses[cfg.loss]:
             raise UsageError(f"--{flag} {what}; "

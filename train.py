@@ -86,6 +86,7 @@ class Config:
     concepts: str = ""               # C2LIP: concept cache from `python concepts.py extract` ("" = extract now)
     relation_concepts: bool = False  # C2LIP: each "subject relation object" phrase of a caption is a concept too
     concept_negatives: bool = False  # C2LIP: that phrase swapped / its relation replaced, a negative concept in L_npc
+    position_contrast: float = 0.0   # world: weight of a softmax over each object's phrase in its own cell and in the others, per image (METHOD.md §12)
     position_concepts: str = ""      # C2LIP, world: "add" = "a red circle at the top left" per object as a concept too; "only" = instead of the object phrases
     negatives: str = ""              # DeGLA: negatives file in the official shape ("" = generate with concepts.py)
     num_negatives: int = 4           # DeGLA: K hard negatives per caption
@@ -186,10 +187,10 @@ def uses_negatives(loss):
     return "negatives" in LOSSES[loss]
 
 
-def text_groups(loss, concept_negatives=False):
+def text_groups(loss, concept_negatives=False, positions=False):
     """the groups of texts a loss needs besides the captions (data.Collate tokenises them by name)"""
     return (("concepts",) * uses_concepts(loss) + ("concept_negatives",) * (uses_concepts(loss) and concept_negatives)
-            + ("negatives",) * uses_negatives(loss))
+            + ("negatives",) * uses_negatives(loss) + ("positions",) * positions)
 
 
 TEACHER_TEXTS = ("captions", "negatives")  # what DeGLA's EMA teacher encodes (besides the images)
@@ -225,6 +226,9 @@ def compute_losses(out, batch, cfg, rank_images):
         terms["npc"] = losses.concept_loss(x_concept, c_all, owner_all, t, b, offset, n_all)
         terms["xac"] = losses.xattn_concept_loss(out["patch_tokens"], c_all, owner_all, t, b, offset,
                                                  cfg.xac_temperature, cfg.xac_chunk)
+    if "positions" in text:  # --position_contrast: which cell each object is in, scored by the image embedding
+        terms["pos"] = losses.position_contrast_loss(out["image"], text["positions"], batch["owner"]["positions"], t,
+                                                     sum(rank_images), world.GRID ** 2)
     if uses_negatives(cfg.loss):  # softmax losses: t only (IGC) or a fixed scale (TGC)
         tea = batch["teacher"]
         terms["igc"] = losses.igc_loss(out["image"], y_all, q_all, t, offset)
@@ -235,7 +239,7 @@ def compute_losses(out, batch, cfg, rank_images):
 
 
 LOSS_WEIGHTS = {"con": lambda cfg: 1.0, "npc": lambda cfg: cfg.npc_weight, "xac": lambda cfg: cfg.xac_weight,
-                "base": lambda cfg: 1.0, "igc": lambda cfg: cfg.igc_weight, "tgc": lambda cfg: cfg.tgc_weight,
+                "pos": lambda cfg: cfg.position_contrast, "base": lambda cfg: 1.0, "igc": lambda cfg: cfg.igc_weight, "tgc": lambda cfg: cfg.tgc_weight,
                 # METHOD.md §3.6: L_distill is a sum over the batch, so its pull grows with N; keep the strength lambda_3
                 # had at the reference batch: 0.005 * 256 / N (0.01 at our default N = 128)
                 "distill": lambda cfg: cfg.distill_weight * cfg.distill_ref_batch / cfg.batch_size}
@@ -265,7 +269,8 @@ def build_data(cfg, mcfg, log=print, tokenizer=None):
                                     world_split=cfg.world_split, relations=cfg.relations, bare=cfg.world_bare,
                                     partial=cfg.world_partial, bare_all=cfg.world_bare_all)
         log(f"world: {len(dataset):,} scenes in {time.time() - t0:.1f}s")
-        tokenizer = tokenizer or WordTokenizer(world.world_vocabulary(cfg.relations, bool(cfg.position_concepts)),
+        positions = bool(cfg.position_concepts or cfg.position_contrast)
+        tokenizer = tokenizer or WordTokenizer(world.world_vocabulary(cfg.relations, positions),
                                                mcfg.context_length)
     elif shards.is_shards(cfg.data):
         dataset = shards.load_index_once(cfg.data, cfg.caption_key, cfg.out_dir, max(1, cfg.workers), cfg.bad_data, log)
@@ -292,6 +297,8 @@ def build_data(cfg, mcfg, log=print, tokenizer=None):
                                                                    cfg.position_concepts == "only")
         n = [len(c) for c in annotations["concepts"]]
         log(f"concepts: {sum(n) / len(n):.2f} per caption on average, max {max(n)}")
+    if cfg.position_contrast:  # METHOD.md §12: each object in its own cell first, then in the others
+        annotations["positions"] = [[p for o in objs for p in world.position_variants(o)] for objs in dataset.objects]
     if uses_negatives(cfg.loss):
         annotations["negatives"], keep = concepts.negatives_for(dataset.captions, cfg.num_negatives, cfg.seed, cfg.negatives,
                                                                     vocab, keys, cfg.data, log, relations=cfg.relation_negatives)
@@ -303,7 +310,7 @@ def build_data(cfg, mcfg, log=print, tokenizer=None):
             keep = [keep[i] for i in kept]
         if len(keep) < len(dataset):
             dataset = dataset.subset(keep) if keys is not None else data.Subset(dataset, keep)
-            for name in ("concepts", "concept_negatives"):
+            for name in ("concepts", "concept_negatives", "positions"):
                 if name in annotations:
                     annotations[name] = [annotations[name][i] for i in keep]
     if tokenizer is None:  # word vocabulary of the user's captions, concepts and negatives, saved in the checkpoint
@@ -454,7 +461,7 @@ def main(cfg):
     torch.manual_seed(cfg.seed + 1000 * env.rank + step)  # per-rank stream from here on
     forward = wrap_model(model, cfg, env)
     batches, steps_per_epoch = runtime.make_batches(cfg, mcfg, dataset, tokenizer, env, step,
-                                                    text_groups(cfg.loss, cfg.concept_negatives))
+                                                    text_groups(cfg.loss, cfg.concept_negatives, cfg.position_contrast > 0))
     if env.master:
         runtime.write_run_info(cfg, mcfg, env)
     log(f"training {cfg.steps} steps, global batch {cfg.batch_size} on {env.world} rank(s) ({env.device}), "

@@ -134,6 +134,12 @@ def bare_phrase(obj):
     return f"{article(obj['shape'])} {obj['shape']}"
 
 
+def position_variants(obj):
+    """position_phrase of the object in each cell of the grid, its own cell first"""
+    cells = [obj["cell"]] + [c for c in range(GRID * GRID) if c != obj["cell"]]
+    return [position_phrase({**obj, "cell": c}) for c in cells]
+
+
 def with_position_concepts(concepts, objects, only=False):
     """each scene's concepts plus a position_phrase per object; only=True: its object phrases ("a red circle")
     give way to them, the other concepts (relation phrases) stay"""

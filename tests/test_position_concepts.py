@@ -48,3 +48,77 @@ def test_position_concepts_reach_training(tmp_path, mode):
 def test_bad_position_flags_are_one_line(flags, message, capsys, tmp_path):
     from test_cli import SMALL, one_line_error
     assert message in one_line_error(flags + SMALL + [f"--out_dir={tmp_path}"], capsys)
+
+# -----------------------------------------------------------------------------
+# --position_contrast
+
+
+def slow_position_contrast(v, y, owner, logit_scale, n_images, variants):
+    """one object at a time: -log softmax of its own cell's phrase among its variants, averaged per image"""
+    import math
+    per_image = {}
+    for start in range(0, len(owner), variants):
+        i = int(owner[start])
+        scores = [math.exp(logit_scale.item()) * float(v[i] @ y[start + k]) for k in range(variants)]
+        top = max(scores)
+        nll = -(scores[0] - top - math.log(sum(math.exp(s - top) for s in scores)))
+        per_image.setdefault(i, []).append(nll)
+    return sum(sum(x) / len(x) for x in per_image.values()) / n_images
+
+
+def test_position_contrast_loss_against_one_object_at_a_time():
+    import torch
+    import losses
+    torch.manual_seed(0)
+    b, d, variants = 5, 8, 4
+    objects = [2, 3, 1, 0, 2]  # image 3 has none: it adds nothing, and still counts in the mean
+    v = torch.nn.functional.normalize(torch.randn(b, d, dtype=torch.float64), dim=-1).requires_grad_()
+    owner = torch.tensor([i for i, n in enumerate(objects) for _ in range(n * variants)])
+    y = torch.nn.functional.normalize(torch.randn(len(owner), d, dtype=torch.float64), dim=-1).requires_grad_()
+    t = torch.tensor(2.3, dtype=torch.float64, requires_grad=True)
+    fast = losses.position_contrast_loss(v, y, owner, t, b, variants)
+    assert fast.item() == pytest.approx(slow_position_contrast(v.detach(), y.detach(), owner, t.detach(), b, variants),
+                                        rel=1e-12)
+    # two ranks, each its own images (owners local) over the global image count, add up to the one-process loss
+    cut = sum(objects[:2]) * variants
+    halves = (losses.position_contrast_loss(v[:2], y[:cut], owner[:cut], t, b, variants)
+              + losses.position_contrast_loss(v[2:], y[cut:], owner[cut:] - 2, t, b, variants))
+    assert halves.item() == pytest.approx(fast.item(), rel=1e-12)
+    g_fast = torch.autograd.grad(fast, (v, y, t))
+    g_halves = torch.autograd.grad(halves, (v, y, t))
+    for a, c in zip(g_fast, g_halves):
+        torch.testing.assert_close(a, c, rtol=1e-10, atol=1e-12)
+
+
+def test_position_variants_reach_training(tmp_path, monkeypatch):
+    import concepts
+    real = concepts.negatives_for
+
+    def drop_every_third(*args, **kwargs):  # captions without K negatives are dropped: positions must follow
+        negatives, keep = real(*args, **kwargs)
+        return [n for j, n in enumerate(negatives) if j % 3], [i for j, i in enumerate(keep) if j % 3]
+    monkeypatch.setattr(concepts, "negatives_for", drop_every_third)
+    cfg = train.Config(loss="degla", world_scenes=300, position_contrast=1.0, out_dir=str(tmp_path))
+    mcfg = runtime.load_start(cfg, log=lambda *a: None)[2]
+    ds, tok = train.build_data(cfg, mcfg, log=lambda *a: None)
+    assert "positions" in train.text_groups(cfg.loss, False, True)
+    base, indices = ds.dataset.dataset, ds.dataset.indices  # the negatives' Subset over the world
+    assert len(indices) == 200
+    for i, phrases in zip(indices, ds.annotations["positions"]):
+        objs = base.objects[i]
+        assert len(phrases) == 4 * len(objs)
+        for j, o in enumerate(objs):
+            group = phrases[4 * j:4 * j + 4]
+            assert group[0] == world.position_phrase(o) and len(set(group)) == 4
+            assert all(p.startswith(world.object_phrase(o) + " at the ") for p in group)
+        for p in phrases:
+            assert tok.UNK not in tok.encode([p])[0].tolist(), p
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--position_contrast=-1"], "--position_contrast=-1.0: a loss weight"),
+    (["--position_contrast=1", "--data=missing.jsonl"], "--position_contrast: only the built-in world knows"),
+])
+def test_bad_position_contrast_is_one_line(flags, message, capsys, tmp_path):
+    from test_cli import SMALL, one_line_error
+    assert message in one_line_error(flags + SMALL + [f"--out_dir={tmp_path}"], capsys)
