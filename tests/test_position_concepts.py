@@ -44,6 +44,8 @@ def test_position_concepts_reach_training(tmp_path, mode):
 @pytest.mark.parametrize("flags,message", [
     (["--position_concepts=add"], "--position_concepts adds to the concept losses; use it with --loss=c2lip"),
     (["--position_concepts=both", "--loss=c2lip"], "--position_concepts=both: expected one of"),
+    (["--position_contrast=-1"], "--position_contrast=-1.0: a loss weight"),
+    (["--position_contrast=1", "--data=missing.jsonl"], "--position_contrast: only the built-in world knows"),
 ])
 def test_bad_position_flags_are_one_line(flags, message, capsys, tmp_path):
     from test_cli import SMALL, one_line_error
@@ -113,12 +115,3 @@ def test_position_variants_reach_training(tmp_path, monkeypatch):
             assert all(p.startswith(world.object_phrase(o) + " at the ") for p in group)
         for p in phrases:
             assert tok.UNK not in tok.encode([p])[0].tolist(), p
-
-
-@pytest.mark.parametrize("flags,message", [
-    (["--position_contrast=-1"], "--position_contrast=-1.0: a loss weight"),
-    (["--position_contrast=1", "--data=missing.jsonl"], "--position_contrast: only the built-in world knows"),
-])
-def test_bad_position_contrast_is_one_line(flags, message, capsys, tmp_path):
-    from test_cli import SMALL, one_line_error
-    assert message in one_line_error(flags + SMALL + [f"--out_dir={tmp_path}"], capsys)
