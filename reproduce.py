@@ -144,6 +144,8 @@ RELATION_ROWS = [
      "--loss=c2lip --relation_concepts --concept_negatives --image_pos_std=0.4 --position_contrast=1.0"),
     ("C2LIP+DeGLA + relation negatives, image positions 0.4, position contrast",
      "--loss=c2lip+degla --relation_negatives --image_pos_std=0.4 --position_contrast=1.0"),
+    ("C2LIP + relation concepts + negative concepts, image positions 0.4, position contrast 3.0",
+     "--loss=c2lip --relation_concepts --concept_negatives --image_pos_std=0.4 --position_contrast=3.0"),
 ]
 # the fine-tuning study: (name, loss, overrides of the fine-tune); a control with the same lr and steps goes with
 # each budget, so every C2LIP row has a like-for-like SigLIP row
