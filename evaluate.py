@@ -700,7 +700,8 @@ def eval_zeroshot(enc, folder, templates_choice="auto"):
         raise MissingFileError(f"{folder}: no dataset folders")
     out = []
     for ds in datasets:
-        t = own_templates(templates_choice) or {"auto": tmpls.get(ds), "openai": OPENAI_TEMPLATES, "siglip": None}[templates_choice]
+        t = own_templates(templates_choice) or {"auto": tmpls.get(ds), "openai": OPENAI_TEMPLATES,
+                                                "siglip": None}[templates_choice]
         out.append(score_zeroshot(enc, os.path.join(folder, ds), names.get(ds), t, templates_choice == "siglip",
                                   names_file, dataset=ds))
     return out

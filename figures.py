@@ -227,7 +227,7 @@ def relation_scores(model, tokenizer, folder):
 
 
 def position_scores(model, tokenizer, n=500, seed=0):
-    """for a model trained with --position_concepts: over the objects of n held-out relation scenes, how often
+    """for a model whose vocabulary has the position words (--position_concepts, --position_contrast): over the objects of n held-out relation scenes, how often
     the image prefers "<object> at the top left" (its true cell) to the same object in the mirrored column
     (left_right) and in the mirrored row (top_bottom); 50 = the image embedding does not say where objects are"""
     images, _, objects = world.make_world(n, seed, model.cfg.image_size, split="test", relations=True)
@@ -263,7 +263,7 @@ def relations_table(runs, root, n=1000, seed=0):
             if (part, size) not in folders:
                 folders[part, size] = world.export_world_relations(os.path.join(root, f"{part}_{size}"), n, seed, size, part)
         scores = {part: relation_scores(model, tok, folders[part, size]) for part in ("seen", "unseen")}
-        if all(w in getattr(tok, "stoi", {}) for w in ("top", "bottom", "left", "right")):  # a --position_concepts run
+        if all(w in getattr(tok, "stoi", {}) for w in ("top", "bottom", "left", "right")):  # trained with position phrases
             scores["position"] = position_scores(model, tok)
         with open(os.path.join(run_dir, "relation_scores.json"), "w") as f:
             json.dump(scores, f, indent=1)
@@ -272,7 +272,7 @@ def relations_table(runs, root, n=1000, seed=0):
               f" {100 * scores['seen']['swap_acc']:17.1f} / {100 * scores['unseen']['swap_acc']:.1f}")
         if "position" in scores:
             p = scores["position"]
-            print(f"{'':{width}s} position of an object (--position_concepts): left/right {100 * p['left_right']:.1f}, "
+            print(f"{'':{width}s} position of an object: left/right {100 * p['left_right']:.1f}, "
                   f"top/bottom {100 * p['top_bottom']:.1f} over {p['objects']} held-out objects (chance 50)")
 
 

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 import data
 import losses
@@ -22,7 +23,7 @@ import shards
 import world
 from checkpoint import SaveFailed, checkpoint_dict, find_resumable, history_files, load_checkpoint, save_to_history
 from cli import MissingFileError, Stopped, UsageError, check_choice
-from model import PRESETS, ModelConfig, model_config
+from model import PRESETS, ModelConfig, WordTokenizer, model_config
 
 RESUME_KEYS = ("data", "model", "image_size", "loss", "batch_size", "seed", "world_scenes", "world_seed", "min_objects",
                "max_objects", "world_split", "relations", "world_bare", "world_partial", "world_bare_all",
@@ -350,6 +351,33 @@ def checked(batches, on_error):
             raise data.BadRecord(f"{describe(batch['skipped'][0])}; --bad_data=skip skips and lists such samples")
         yield batch
 
+
+def wrap_model(model, cfg, env):
+    """what the training loop calls: compiled (optional) before the DDP wrap, as torch recommends"""
+    forward = torch.compile(model) if cfg.compile else model
+    if env.ddp:
+        forward = DDP(forward, device_ids=[env.local_rank] if env.use_cuda else None)
+    return forward
+
+
+def training_source(cfg, mcfg, log, tokenizer=None):
+    """(dataset, tokenizer) of --data: the built-in world, drawn now, with its own vocabulary unless a checkpoint
+    brought a tokenizer; WebDataset shards (their index); or a JSONL/CSV file. For shards and files the tokenizer
+    stays None unless one was given (train.build_data builds a word vocabulary of the texts)"""
+    if cfg.data == "world":
+        t0 = time.time()
+        log(f"world: drawing {cfg.world_scenes:,} training scenes (world_seed {cfg.world_seed}) ...")
+        dataset = world.WorldDataset(cfg.world_scenes, cfg.world_seed, mcfg.image_size, cfg.min_objects, cfg.max_objects,
+                                     world_split=cfg.world_split, relations=cfg.relations, bare=cfg.world_bare,
+                                     partial=cfg.world_partial, bare_all=cfg.world_bare_all)
+        log(f"world: {len(dataset):,} scenes in {time.time() - t0:.1f}s")
+        positions = bool(cfg.position_concepts or cfg.position_contrast)  # their phrases' words (METHOD.md §12)
+        return dataset, tokenizer or WordTokenizer(world.world_vocabulary(cfg.relations, positions), mcfg.context_length)
+    if shards.is_shards(cfg.data):
+        return shards.load_index_once(cfg.data, cfg.caption_key, cfg.out_dir, max(1, cfg.workers), cfg.bad_data,
+                                      log), tokenizer
+    return data.CaptionFileDataset(cfg.data, mcfg.image_size, train=True, image_key=cfg.image_key,
+                                   caption_key=cfg.caption_key, seed=cfg.seed, on_error=cfg.bad_data), tokenizer
 
 
 def make_batches(cfg, mcfg, dataset, tokenizer, env, start_step, groups):

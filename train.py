@@ -26,13 +26,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel as DDP
 
 import concepts
 import data
 import losses
 import runtime
-import shards
 import world
 from checkpoint import save_checkpoint, load_checkpoint, model_from_checkpoint  # noqa: F401 (re-exported)
 import cli
@@ -239,7 +237,8 @@ def compute_losses(out, batch, cfg, rank_images):
 
 
 LOSS_WEIGHTS = {"con": lambda cfg: 1.0, "npc": lambda cfg: cfg.npc_weight, "xac": lambda cfg: cfg.xac_weight,
-                "pos": lambda cfg: cfg.position_contrast, "base": lambda cfg: 1.0, "igc": lambda cfg: cfg.igc_weight, "tgc": lambda cfg: cfg.tgc_weight,
+                "pos": lambda cfg: cfg.position_contrast,
+                "base": lambda cfg: 1.0, "igc": lambda cfg: cfg.igc_weight, "tgc": lambda cfg: cfg.tgc_weight,
                 # METHOD.md §3.6: L_distill is a sum over the batch, so its pull grows with N; keep the strength lambda_3
                 # had at the reference batch: 0.005 * 256 / N (0.01 at our default N = 128)
                 "distill": lambda cfg: cfg.distill_weight * cfg.distill_ref_batch / cfg.batch_size}
@@ -262,21 +261,7 @@ def build_data(cfg, mcfg, log=print, tokenizer=None):
     tokenizer: the one a checkpoint brings (--init, --resume); None builds the world's vocabulary, or a
     word vocabulary of the user's captions, concepts and negatives.
     """
-    if cfg.data == "world":
-        t0 = time.time()
-        log(f"world: drawing {cfg.world_scenes:,} training scenes (world_seed {cfg.world_seed}) ...")
-        dataset = world.WorldDataset(cfg.world_scenes, cfg.world_seed, mcfg.image_size, cfg.min_objects, cfg.max_objects,
-                                    world_split=cfg.world_split, relations=cfg.relations, bare=cfg.world_bare,
-                                    partial=cfg.world_partial, bare_all=cfg.world_bare_all)
-        log(f"world: {len(dataset):,} scenes in {time.time() - t0:.1f}s")
-        positions = bool(cfg.position_concepts or cfg.position_contrast)
-        tokenizer = tokenizer or WordTokenizer(world.world_vocabulary(cfg.relations, positions),
-                                               mcfg.context_length)
-    elif shards.is_shards(cfg.data):
-        dataset = shards.load_index_once(cfg.data, cfg.caption_key, cfg.out_dir, max(1, cfg.workers), cfg.bad_data, log)
-    else:
-        dataset = data.CaptionFileDataset(cfg.data, mcfg.image_size, train=True, image_key=cfg.image_key,
-                                          caption_key=cfg.caption_key, seed=cfg.seed, on_error=cfg.bad_data)
+    dataset, tokenizer = runtime.training_source(cfg, mcfg, log, tokenizer)
     keys = getattr(dataset, "keys", None)  # shards: caches and negatives files are joined by sample key
     vocab = set(world.world_vocabulary(cfg.relations)) if cfg.data == "world" else None  # replacements stay in-vocabulary
     annotations = {}
@@ -408,14 +393,6 @@ def start_optimizer(model, cfg, resume_ckpt, log):
     return optimizer, step
 
 
-def wrap_model(model, cfg, env):
-    """what the loop calls: compiled (optional) before the DDP wrap, as torch recommends"""
-    forward = torch.compile(model) if cfg.compile else model
-    if env.ddp:
-        forward = DDP(forward, device_ids=[env.local_rank] if env.use_cuda else None)
-    return forward
-
-
 def set_lr(optimizer, step, cfg):
     lr = get_lr(step, cfg)
     for g in optimizer.param_groups:
@@ -459,7 +436,7 @@ def main(cfg):
     model, teacher = build_model(cfg, mcfg, tokenizer, resume_ckpt, init_ckpt, env.device, log)
     optimizer, step = start_optimizer(model, cfg, resume_ckpt, log)
     torch.manual_seed(cfg.seed + 1000 * env.rank + step)  # per-rank stream from here on
-    forward = wrap_model(model, cfg, env)
+    forward = runtime.wrap_model(model, cfg, env)
     batches, steps_per_epoch = runtime.make_batches(cfg, mcfg, dataset, tokenizer, env, step,
                                                     text_groups(cfg.loss, cfg.concept_negatives, cfg.position_contrast > 0))
     if env.master:

@@ -13,8 +13,8 @@ Two options change the world (the default world stays bit-identical without them
   reported apart on seen and unseen compositions.
 - relations=True: the caption states the spatial relation of two of the objects, last:
   "a green star and a red circle left of a blue square".
-Training captions can also say less than the long caption (WorldDataset's bare and partial, train.py's
---world_bare and --world_partial): objects without their colour, or only some of the objects.
+Training captions can also say less than the long caption (WorldDataset's bare, bare_all and partial,
+train.py's --world_bare, --world_bare_all and --world_partial): objects without their colour, or only some of them.
 
     python world.py --out=world_preview.png    # draws a grid of scenes with their captions
 """
@@ -132,23 +132,6 @@ def long_caption(objects, rng):
 def bare_phrase(obj):
     """the object without its colour: "a circle" """
     return f"{article(obj['shape'])} {obj['shape']}"
-
-
-def position_variants(obj):
-    """position_phrase of the object in each cell of the grid, its own cell first"""
-    cells = [obj["cell"]] + [c for c in range(GRID * GRID) if c != obj["cell"]]
-    return [position_phrase({**obj, "cell": c}) for c in cells]
-
-
-def with_position_concepts(concepts, objects, only=False):
-    """each scene's concepts plus a position_phrase per object; only=True: its object phrases ("a red circle")
-    give way to them, the other concepts (relation phrases) stay"""
-    out = []
-    for cons, objs in zip(concepts, objects):
-        plain = {object_phrase(o) for o in objs}
-        kept = [c for c in cons if not (only and c in plain)]
-        out.append(kept + [position_phrase(o) for o in objs])
-    return out
 
 
 def varied_caption(objects, rng, bare=0.0, partial=0.0, bare_all=0.0):
@@ -292,6 +275,23 @@ def position_phrase(obj):
     """the object and its cell of the 2x2 grid: "a red circle at the top left" """
     row, col = divmod(obj["cell"], GRID)
     return f"{object_phrase(obj)} at the {('top', 'bottom')[row]} {('left', 'right')[col]}"
+
+
+def position_variants(obj):
+    """position_phrase of the object in each cell of the grid, its own cell first"""
+    cells = [obj["cell"]] + [c for c in range(GRID * GRID) if c != obj["cell"]]
+    return [position_phrase({**obj, "cell": c}) for c in cells]
+
+
+def with_position_concepts(concepts, objects, only=False):
+    """each scene's concepts plus a position_phrase per object; only=True: its object phrases ("a red circle")
+    give way to them, the other concepts (relation phrases) stay"""
+    out = []
+    for cons, objs in zip(concepts, objects):
+        plain = {object_phrase(o) for o in objs}
+        kept = [c for c in cons if not (only and c in plain)]
+        out.append(kept + [position_phrase(o) for o in objs])
+    return out
 
 
 _RELATION_TEXT = re.compile(r"\b(%s) (left of|above|below) an? (%s) (%s)\b" % (

@@ -13,6 +13,7 @@ import torch.multiprocessing as mp
 
 import concepts
 import data
+import runtime
 import train
 import world
 from model import WordTokenizer, model_config
@@ -71,7 +72,7 @@ def _worker(rank, world, store, loss_name, out, precision="fp64", compile=False)
         compile_ = torch.compile
         torch.compile = lambda m, **kw: compile_(m, backend="aot_eager")
         cfg.compile = True
-    ddp = train.wrap_model(model, cfg, SimpleNamespace(ddp=True, use_cuda=False, local_rank=rank))
+    ddp = runtime.wrap_model(model, cfg, SimpleNamespace(ddp=True, use_cuda=False, local_rank=rank))
     assert isinstance(ddp, torch.nn.parallel.DistributedDataParallel)
     part = items[:SPLIT] if rank == 0 else items[SPLIT:]
     loss = step(cfg, ddp, teacher, collate(part), world)

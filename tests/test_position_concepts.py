@@ -115,3 +115,18 @@ def test_position_variants_reach_training(tmp_path, monkeypatch):
             assert all(p.startswith(world.object_phrase(o) + " at the ") for p in group)
         for p in phrases:
             assert tok.UNK not in tok.encode([p])[0].tolist(), p
+
+
+def test_position_contrast_is_fp32_under_bf16_autocast():
+    import torch
+    import losses
+    torch.manual_seed(1)
+    v = torch.nn.functional.normalize(torch.randn(4, 16), dim=-1)
+    owner = torch.tensor([i for i in (0, 0, 1, 2, 3, 3) for _ in range(4)])
+    y = torch.nn.functional.normalize(torch.randn(len(owner), 16), dim=-1)
+    t = torch.tensor(2.3)
+    ref = losses.position_contrast_loss(v.double(), y.double(), owner, t.double(), 4, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the GPU's bf16 path, emulated
+        got = losses.position_contrast_loss(v, y, owner, t, 4, 4)
+    assert got.dtype == torch.float32
+    assert got.item() == pytest.approx(ref.item(), rel=1e-5)  # bf16 matmuls would be off by ~1e-2
