@@ -85,6 +85,7 @@ class Config:
     relation_concepts: bool = False  # C2LIP: each "subject relation object" phrase of a caption is a concept too
     concept_negatives: bool = False  # C2LIP: that phrase swapped / its relation replaced, a negative concept in L_npc
     position_contrast: float = 0.0   # world: weight of a softmax over each object's phrase in its own cell and in the others, per image (METHOD.md §12)
+    position_contrast_final: float = -1.0  # that weight at the last step, reached linearly from --position_contrast at step 0 (-1 = constant)
     position_concepts: str = ""      # C2LIP, world: "add" = "a red circle at the top left" per object as a concept too; "only" = instead of the object phrases
     negatives: str = ""              # DeGLA: negatives file in the official shape ("" = generate with concepts.py)
     num_negatives: int = 4           # DeGLA: K hard negatives per caption
@@ -244,6 +245,15 @@ LOSS_WEIGHTS = {"con": lambda cfg: 1.0, "npc": lambda cfg: cfg.npc_weight, "xac"
                 "distill": lambda cfg: cfg.distill_weight * cfg.distill_ref_batch / cfg.batch_size}
 
 
+def loss_weight(name, cfg, step):
+    """a term's weight at this step: LOSS_WEIGHTS's, but L_pos under --position_contrast_final moves linearly from
+    --position_contrast at step 0 to that value at the last step"""
+    w = LOSS_WEIGHTS[name](cfg)
+    if name == "pos" and cfg.position_contrast_final >= 0:
+        w += (cfg.position_contrast_final - w) * step / max(1, cfg.steps - 1)
+    return w
+
+
 @torch.no_grad()
 def ema_update(teacher, student, decay):
     """theta* <- a * theta* + (1 - a) * theta over all parameters, in order; buffers are not averaged (METHOD.md §3.2)"""
@@ -342,8 +352,8 @@ def uses_bf16(cfg, env):
     return cfg.precision == "bf16" or (cfg.precision == "auto" and env.use_cuda)
 
 
-def train_step(batch, forward, teacher, cfg, env, report):
-    """forward, loss and backward of one global batch -> (loss, terms, images on this rank)"""
+def train_step(batch, forward, teacher, cfg, env, report, step=0):
+    """forward, loss and backward of one global batch (the step sets scheduled weights) -> (loss, terms, images on this rank)"""
     # every rank's images and texts per group, in one exchange: the gathers of the losses need them
     batch["sizes"] = losses.gather_sizes({"images": batch["images"].shape[0],
                                           **{k: v.shape[0] for k, v in batch["rows"].items()}}, env.device)
@@ -360,7 +370,7 @@ def train_step(batch, forward, teacher, cfg, env, report):
                 batch["teacher"] = teacher(images, {k: texts[k] for k in TEACHER_TEXTS},
                                            {k: rows[k] for k in TEACHER_TEXTS})
         terms = compute_losses(out, batch, cfg, rank_images)
-        loss = sum(LOSS_WEIGHTS[k](cfg) * v for k, v in terms.items())
+        loss = sum(loss_weight(k, cfg, step) * v for k, v in terms.items())
     # each rank holds its share of the global loss; x world so that DDP's gradient mean is the global gradient
     (loss * env.world).backward()
     return loss, terms, images.shape[0]
@@ -407,7 +417,7 @@ def train_loop(cfg, env, model, forward, teacher, optimizer, batches, run):
     with run:
         while run.step < cfg.steps:
             lr = set_lr(optimizer, run.step, cfg)
-            loss, terms, n_images = train_step(next(batches), forward, teacher, cfg, env, run.report)
+            loss, terms, n_images = train_step(next(batches), forward, teacher, cfg, env, run.report, run.step)
             finite, stopping = run.agree(loss)  # one host sync per step
             if finite:
                 finish_step(model, teacher, optimizer, cfg)

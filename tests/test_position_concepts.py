@@ -46,6 +46,8 @@ def test_position_concepts_reach_training(tmp_path, mode):
     (["--position_concepts=both", "--loss=c2lip"], "--position_concepts=both: expected one of"),
     (["--position_contrast=-1"], "--position_contrast=-1.0: a loss weight"),
     (["--position_contrast=1", "--data=missing.jsonl"], "--position_contrast: only the built-in world knows"),
+    (["--position_contrast_final=0.5"], "--position_contrast_final=0.5: the weight of --position_contrast at"),
+    (["--position_contrast=1", "--position_contrast_final=-2"], "--position_contrast_final=-2.0: the weight"),
 ])
 def test_bad_position_flags_are_one_line(flags, message, capsys, tmp_path):
     from test_cli import SMALL, one_line_error
@@ -130,3 +132,22 @@ def test_position_contrast_is_fp32_under_bf16_autocast():
         got = losses.position_contrast_loss(v, y, owner, t, 4, 4)
     assert got.dtype == torch.float32
     assert got.item() == pytest.approx(ref.item(), rel=1e-5)  # bf16 matmuls would be off by ~1e-2
+
+
+def test_position_contrast_schedule_reaches_the_loss(tmp_path):
+    """--position_contrast_final: L_pos's weight goes linearly from --position_contrast (first step) to it (last);
+    read back from the logged total, which is the weighted sum of the logged terms"""
+    import json
+    import cli
+    from test_cli import SMALL
+    argv = [a for a in SMALL if not a.startswith("--steps")] + ["--steps=3", "--loss=c2lip", "--position_contrast=3",
+                                                               "--position_contrast_final=0", f"--out_dir={tmp_path}"]
+    cli.run(train.main, train.Config, argv=argv)
+    recs = [json.loads(x) for x in open(tmp_path / "metrics.jsonl")]
+    cfg = train.Config()
+    w = [(r["loss"] - r["con"] - cfg.npc_weight * r["npc"] - cfg.xac_weight * r["xac"]) / r["pos"] for r in recs]
+    assert [r["step"] for r in recs] == [1, 2, 3]
+    assert w == pytest.approx([3.0, 1.5, 0.0], abs=1e-4)
+    const = train.Config(position_contrast=3.0, steps=3)
+    assert [train.loss_weight("pos", const, s) for s in range(3)] == [3.0, 3.0, 3.0]
+    assert train.loss_weight("npc", train.Config(position_contrast_final=0.0, steps=3), 2) == cfg.npc_weight
