@@ -146,6 +146,14 @@ RELATION_ROWS = [
      "--loss=c2lip+degla --relation_negatives --image_pos_std=0.4 --position_contrast=1.0"),
     ("C2LIP + relation concepts + negative concepts, image positions 0.4, position contrast 3.0",
      "--loss=c2lip --relation_concepts --concept_negatives --image_pos_std=0.4 --position_contrast=3.0"),
+    # ... weight 3 falling to 1 or 0 over the run (--position_contrast_final), and L_xac at 1 or 3 (METHOD.md §12)
+    *[(f"C2LIP + relation concepts + negative concepts, image positions 0.4, position contrast {name}",
+       f"--loss=c2lip --relation_concepts --concept_negatives --image_pos_std=0.4 --position_contrast=3.0 {flags}")
+      for name, flags in (("3.0 -> 1.0", "--position_contrast_final=1.0"),
+                          ("3.0, L_xac 1.0", "--xac_weight=1.0"),
+                          ("3.0 -> 1.0, L_xac 1.0", "--position_contrast_final=1.0 --xac_weight=1.0"),
+                          ("3.0 -> 0, L_xac 1.0", "--position_contrast_final=0 --xac_weight=1.0"),
+                          ("3.0 -> 1.0, L_xac 3.0", "--position_contrast_final=1.0 --xac_weight=3.0"))],
 ]
 # the fine-tuning study: (name, loss, overrides of the fine-tune); a control with the same lr and steps goes with
 # each budget, so every C2LIP row has a like-for-like SigLIP row
@@ -377,13 +385,14 @@ def train_runs(s, part, rows, seeds, flags=()):
 
 
 def seed_table(runs, seeds, columns, what, per_seed=False):
-    """mean ± std rows (and, with per_seed, one row per seed above them); names with missing seeds say so"""
+    """mean ± std rows (and, with per_seed, one row per seed above them); names with missing seeds say which ran"""
     rows = []
     for name, done in runs.items():
         if per_seed:
             rows += [(f"seed {seed}", [m]) for seed, m, _ in done]
         if len(done) < len(seeds):
-            name = f"{name} ({len(done)} of {len(seeds)} seeds)"
+            ran = ", ".join(str(seed) for seed, _, _ in done)
+            name = f"{name} ({len(done)} of {len(seeds)} seeds{': ' + ran if ran else ''})"
         rows.append((f"{name}: mean ± std" if per_seed else name, [m for _, m, _ in done]))
     return table(rows, sorted(seeds), columns, what)
 

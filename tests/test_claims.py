@@ -124,9 +124,9 @@ def test_compositional_table_from_fake_scores(tmp_path):
                            "Wall and CPU time of each run"}
     for part in ("seen", "unseen"):
         rows = tables[f"{part.capitalize()} compositions"]
-        assert set(rows) == {"SigLIP", "C2LIP", "DeGLA (2 of 3 seeds)", "C2LIP+DeGLA"}
+        assert set(rows) == {"SigLIP", "C2LIP", "DeGLA (2 of 3 seeds: 0, 1)", "C2LIP+DeGLA"}
         for name, per_seed in expected.items():
-            row = rows[name if name != "DeGLA" else "DeGLA (2 of 3 seeds)"]
+            row = rows[name if name != "DeGLA" else "DeGLA (2 of 3 seeds: 0, 1)"]
             assert len(row) == len(reproduce.SPLIT_COLUMNS) >= 8
             for header in row:
                 key = next(k for k, h in HEADER_OF.items() if h == header)

@@ -86,7 +86,7 @@ def test_default_part_runs_in_parallel_with_timing_and_mean_std(tmp_path):
     # the same call again reuses both runs (no new timing) and says which seed is missing
     before = [os.path.getmtime(p) for p in tmp_path.glob("default_s0/timing.json")]
     res2, md2 = reproduce_part(tmp_path, default_seeds="0,1,2", train_=False)
-    assert [r["seed"] for r in res2["runs"][name]] == [0, 1] and "(2 of 3 seeds)" in md2
+    assert [r["seed"] for r in res2["runs"][name]] == [0, 1] and "(2 of 3 seeds: 0, 1)" in md2
     assert [os.path.getmtime(p) for p in tmp_path.glob("default_s0/timing.json")] == before
 
 
