@@ -95,3 +95,14 @@ def test_bad_recipe_from_the_command_line(tmp_path):
     p = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--config=nope.toml"], capture_output=True,
                        text=True, cwd=tmp_path)
     assert p.returncode == 2 and "--config=nope.toml: no such file" in p.stderr
+
+
+def test_relations_recipe_is_the_best_row_of_the_relations_table():
+    """configs/world_relations.toml and the reproduce.py row its numbers come from name the same run"""
+    import reproduce
+    fields = lambda c: {k: v for k, v in dataclasses.asdict(c).items() if k not in ("config", "out_dir")}  # noqa: E731
+    rows = dict(reproduce.RELATION_ROWS)
+    best = rows["C2LIP + relation concepts + negative concepts, image positions 0.4, position contrast 5.0 -> 1.0, "
+                "L_xac 2.0"]
+    row = train.parse_args(best.split() + reproduce.COMPOSITIONAL_FLAGS.split())
+    assert fields(load(os.path.join(ROOT, "configs", "world_relations.toml"))) == fields(row)
