@@ -29,7 +29,8 @@ RESUME_KEYS = ("data", "model", "image_size", "loss", "batch_size", "seed", "wor
                "max_objects", "world_split", "relations", "world_bare", "world_partial", "world_bare_all",
                "num_negatives", "concepts", "negatives", "caption_key", "resampled", "samples_per_epoch",
                "shuffle_window", "relation_negatives", "relation_concepts", "concept_negatives",
-               "position_concepts", "position_contrast", "position_contrast_final")  # what must not change under --resume
+               "position_concepts", "position_contrast",
+               "position_contrast_final")  # what must not change under --resume
 
 
 def check_resume_config(saved, cfg, path):
@@ -227,8 +228,8 @@ def check_config(cfg, world_size, losses):
     if cfg.position_contrast < 0:
         raise UsageError(f"--position_contrast={cfg.position_contrast}: a loss weight, 0 (off) or more")
     if cfg.position_contrast_final != -1 and (cfg.position_contrast_final < 0 or not cfg.position_contrast):
-        raise UsageError(f"--position_contrast_final={cfg.position_contrast_final}: the weight of --position_contrast at "
-                         f"the last step, 0 or more (-1 = constant); set --position_contrast too")
+        raise UsageError(f"--position_contrast_final={cfg.position_contrast_final}: the weight of --position_contrast "
+                         f"at the last step, 0 or more (-1 = constant); set --position_contrast too")
     for flag, reads, what, about_relations in FLAG_NEEDS:
         if getattr(cfg, flag) and reads not in losses[cfg.loss]:
             raise UsageError(f"--{flag} {what}; "

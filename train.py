@@ -85,7 +85,7 @@ class Config:
     relation_concepts: bool = False  # C2LIP: each "subject relation object" phrase of a caption is a concept too
     concept_negatives: bool = False  # C2LIP: that phrase swapped / its relation replaced, a negative concept in L_npc
     position_contrast: float = 0.0   # world: weight of a softmax over each object's phrase in its own cell and in the others, per image (METHOD.md §12)
-    position_contrast_final: float = -1.0  # that weight at the last step, reached linearly from --position_contrast at step 0 (-1 = constant)
+    position_contrast_final: float = -1.0  # world: L_pos weight at the last step, linear from --position_contrast (-1 = constant)
     position_concepts: str = ""      # C2LIP, world: "add" = "a red circle at the top left" per object as a concept too; "only" = instead of the object phrases
     negatives: str = ""              # DeGLA: negatives file in the official shape ("" = generate with concepts.py)
     num_negatives: int = 4           # DeGLA: K hard negatives per caption
@@ -353,7 +353,8 @@ def uses_bf16(cfg, env):
 
 
 def train_step(batch, forward, teacher, cfg, env, report, step=0):
-    """forward, loss and backward of one global batch (the step sets scheduled weights) -> (loss, terms, images on this rank)"""
+    """forward, loss and backward of one global batch -> (loss, terms, images on this rank); the step sets
+    scheduled loss weights (loss_weight)"""
     # every rank's images and texts per group, in one exchange: the gathers of the losses need them
     batch["sizes"] = losses.gather_sizes({"images": batch["images"].shape[0],
                                           **{k: v.shape[0] for k, v in batch["rows"].items()}}, env.device)
