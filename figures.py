@@ -227,9 +227,10 @@ def relation_scores(model, tokenizer, folder):
 
 
 def position_scores(model, tokenizer, n=500, seed=0):
-    """for a model whose vocabulary has the position words (--position_concepts, --position_contrast): over the objects of n held-out relation scenes, how often
-    the image prefers "<object> at the top left" (its true cell) to the same object in the mirrored column
-    (left_right) and in the mirrored row (top_bottom); 50 = the image embedding does not say where objects are"""
+    """for a model whose vocabulary has the position words (--position_concepts, --position_contrast): over the
+    objects of n held-out relation scenes, how often the image prefers "<object> at the top left" (its true cell)
+    to the same object in the mirrored column (left_right) and in the mirrored row (top_bottom); 50 = the image
+    embedding does not say where objects are"""
     images, _, objects = world.make_world(n, seed, model.cfg.image_size, split="test", relations=True)
     model.eval()
     right = {"left_right": 0, "top_bottom": 0}

@@ -356,6 +356,15 @@ def checked(batches, on_error):
         yield batch
 
 
+def resume_optimizer(optimizer, resume_ckpt, log):
+    """the first step: 0, or under --resume the checkpoint's, with its optimizer state loaded into `optimizer`"""
+    if resume_ckpt is None:
+        return 0
+    optimizer.load_state_dict(resume_ckpt["optimizer"])
+    log(f"resumed at step {resume_ckpt['step']}")
+    return resume_ckpt["step"]
+
+
 def wrap_model(model, cfg, env):
     """what the training loop calls: compiled (optional) before the DDP wrap, as torch recommends"""
     forward = torch.compile(model) if cfg.compile else model

@@ -237,21 +237,15 @@ def compute_losses(out, batch, cfg, rank_images):
     return terms
 
 
-LOSS_WEIGHTS = {"con": lambda cfg: 1.0, "npc": lambda cfg: cfg.npc_weight, "xac": lambda cfg: cfg.xac_weight,
-                "pos": lambda cfg: cfg.position_contrast,
-                "base": lambda cfg: 1.0, "igc": lambda cfg: cfg.igc_weight, "tgc": lambda cfg: cfg.tgc_weight,
-                # METHOD.md §3.6: L_distill is a sum over the batch, so its pull grows with N; keep the strength lambda_3
-                # had at the reference batch: 0.005 * 256 / N (0.01 at our default N = 128)
-                "distill": lambda cfg: cfg.distill_weight * cfg.distill_ref_batch / cfg.batch_size}
-
-
-def loss_weight(name, cfg, step):
-    """a term's weight at this step: LOSS_WEIGHTS's, but L_pos under --position_contrast_final moves linearly from
-    --position_contrast at step 0 to that value at the last step"""
-    w = LOSS_WEIGHTS[name](cfg)
-    if name == "pos" and cfg.position_contrast_final >= 0:
-        w += (cfg.position_contrast_final - w) * step / max(1, cfg.steps - 1)
-    return w
+LOSS_WEIGHTS = {  # each term's weight at a step (only L_pos's may change over the run)
+    "con": lambda cfg, step: 1.0, "npc": lambda cfg, step: cfg.npc_weight, "xac": lambda cfg, step: cfg.xac_weight,
+    # --position_contrast_final >= 0: linear from --position_contrast at the first step to it at the last
+    "pos": lambda cfg, step: cfg.position_contrast if cfg.position_contrast_final < 0 else
+    cfg.position_contrast + (cfg.position_contrast_final - cfg.position_contrast) * step / max(1, cfg.steps - 1),
+    "base": lambda cfg, step: 1.0, "igc": lambda cfg, step: cfg.igc_weight, "tgc": lambda cfg, step: cfg.tgc_weight,
+    # METHOD.md §3.6: L_distill is a sum over the batch, so its pull grows with N; keep the strength lambda_3
+    # had at the reference batch: 0.005 * 256 / N (0.01 at our default N = 128)
+    "distill": lambda cfg, step: cfg.distill_weight * cfg.distill_ref_batch / cfg.batch_size}
 
 
 @torch.no_grad()
@@ -354,7 +348,7 @@ def uses_bf16(cfg, env):
 
 def train_step(batch, forward, teacher, cfg, env, report, step=0):
     """forward, loss and backward of one global batch -> (loss, terms, images on this rank); the step sets
-    scheduled loss weights (loss_weight)"""
+    scheduled loss weights (LOSS_WEIGHTS)"""
     # every rank's images and texts per group, in one exchange: the gathers of the losses need them
     batch["sizes"] = losses.gather_sizes({"images": batch["images"].shape[0],
                                           **{k: v.shape[0] for k, v in batch["rows"].items()}}, env.device)
@@ -371,7 +365,7 @@ def train_step(batch, forward, teacher, cfg, env, report, step=0):
                 batch["teacher"] = teacher(images, {k: texts[k] for k in TEACHER_TEXTS},
                                            {k: rows[k] for k in TEACHER_TEXTS})
         terms = compute_losses(out, batch, cfg, rank_images)
-        loss = sum(loss_weight(k, cfg, step) * v for k, v in terms.items())
+        loss = sum(LOSS_WEIGHTS[k](cfg, step) * v for k, v in terms.items())
     # each rank holds its share of the global loss; x world so that DDP's gradient mean is the global gradient
     (loss * env.world).backward()
     return loss, terms, images.shape[0]
@@ -391,17 +385,6 @@ def finish_step(model, teacher, optimizer, cfg):
 
 # -----------------------------------------------------------------------------
 # the training loop
-
-
-def start_optimizer(model, cfg, resume_ckpt, log):
-    """(AdamW, first step): fresh, or the checkpoint's state under --resume"""
-    optimizer = configure_optimizer(model, cfg, log)
-    step = 0
-    if resume_ckpt is not None:
-        optimizer.load_state_dict(resume_ckpt["optimizer"])
-        step = resume_ckpt["step"]
-        log(f"resumed at step {step}")
-    return optimizer, step
 
 
 def set_lr(optimizer, step, cfg):
@@ -445,7 +428,8 @@ def main(cfg):
     dataset, tokenizer = build_data(cfg, mcfg, log, tokenizer_from_state_dict(init_ckpt["tokenizer"]) if init_ckpt else None)
     report = runtime.BadDataReport(cfg, dataset, tokenizer, env.master, log)
     model, teacher = build_model(cfg, mcfg, tokenizer, resume_ckpt, init_ckpt, env.device, log)
-    optimizer, step = start_optimizer(model, cfg, resume_ckpt, log)
+    optimizer = configure_optimizer(model, cfg, log)
+    step = runtime.resume_optimizer(optimizer, resume_ckpt, log)
     torch.manual_seed(cfg.seed + 1000 * env.rank + step)  # per-rank stream from here on
     forward = runtime.wrap_model(model, cfg, env)
     batches, steps_per_epoch = runtime.make_batches(cfg, mcfg, dataset, tokenizer, env, step,

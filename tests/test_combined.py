@@ -32,7 +32,7 @@ def terms_of(loss, emb, teacher, owner, t, b):
            "logit_scale": t, "logit_bias": b}
     cfg = train.Config(loss=loss, batch_size=emb["image"].shape[0])
     terms = train.compute_losses(out, {"owner": {"concepts": owner}, "teacher": teacher}, cfg, [emb["image"].shape[0]])
-    return terms, sum(train.LOSS_WEIGHTS[k](cfg) * v for k, v in terms.items())
+    return terms, sum(train.LOSS_WEIGHTS[k](cfg, 0) * v for k, v in terms.items())
 
 
 def test_combined_is_the_concept_terms_plus_the_degla_terms():
@@ -48,8 +48,8 @@ def test_combined_is_the_concept_terms_plus_the_degla_terms():
         torch.testing.assert_close(combined[k], degla[k])
     # and so are the gradients of the weighted sum: the concept part's plus the DeGLA part's
     cfg = train.Config(batch_size=emb["image"].shape[0])  # the distillation weight depends on it
-    parts = sum(train.LOSS_WEIGHTS[k](cfg) * c2lip[k] for k in ("npc", "xac")) + \
-        sum(train.LOSS_WEIGHTS[k](cfg) * degla[k] for k in ("base", "igc", "tgc", "distill"))
+    parts = sum(train.LOSS_WEIGHTS[k](cfg, 0) * c2lip[k] for k in ("npc", "xac")) + \
+        sum(train.LOSS_WEIGHTS[k](cfg, 0) * degla[k] for k in ("base", "igc", "tgc", "distill"))
     inputs = [*emb.values(), t, b]
     for g, r in zip(torch.autograd.grad(total, inputs), torch.autograd.grad(parts, inputs)):
         torch.testing.assert_close(g, r)

@@ -61,7 +61,7 @@ def _run_losses(emb, teacher, owner, rank_images, logit_scale, logit_bias, loss_
            "logit_scale": logit_scale, "logit_bias": logit_bias}
     teacher = {"image": teacher["image"], "text": {"captions": teacher["text"], "negatives": teacher["extra"]}}
     terms = train.compute_losses(out, {"owner": {"concepts": owner}, "teacher": teacher}, cfg, rank_images)
-    return terms, sum(train.LOSS_WEIGHTS[k](cfg) * v for k, v in terms.items())
+    return terms, sum(train.LOSS_WEIGHTS[k](cfg, 0) * v for k, v in terms.items())
 
 
 def _loss_worker(rank, world, store, loss_name):
@@ -131,7 +131,7 @@ def _ddp_worker(rank, world, store, loss_name):
     def step(model_fn, batch, rank_images):
         out = model_fn(batch["images"], batch["texts"], batch["rows"], return_tokens=loss_name == "c2lip")
         terms = train.compute_losses(out, batch, cfg, rank_images)
-        return sum(train.LOSS_WEIGHTS[k](cfg) * v for k, v in terms.items())
+        return sum(train.LOSS_WEIGHTS[k](cfg, 0) * v for k, v in terms.items())
 
     # reference on the whole batch, without any process group involvement
     ref_model = DualEncoder(model.cfg)

@@ -149,5 +149,5 @@ def test_position_contrast_schedule_reaches_the_loss(tmp_path):
     assert [r["step"] for r in recs] == [1, 2, 3]
     assert w == pytest.approx([3.0, 1.5, 0.0], abs=1e-4)
     const = train.Config(position_contrast=3.0, steps=3)
-    assert [train.loss_weight("pos", const, s) for s in range(3)] == [3.0, 3.0, 3.0]
-    assert train.loss_weight("npc", train.Config(position_contrast_final=0.0, steps=3), 2) == cfg.npc_weight
+    assert [train.LOSS_WEIGHTS["pos"](const, s) for s in range(3)] == [3.0, 3.0, 3.0]
+    assert train.LOSS_WEIGHTS["npc"](train.Config(position_contrast_final=0.0, steps=3), 2) == cfg.npc_weight

@@ -36,7 +36,7 @@ def test_a_new_text_group_trains_through_three_places(monkeypatch):
         return terms
 
     monkeypatch.setattr(train, "compute_losses", compute_losses)
-    monkeypatch.setitem(train.LOSS_WEIGHTS, "para", lambda cfg: 0.5)
+    monkeypatch.setitem(train.LOSS_WEIGHTS, "para", lambda cfg, step: 0.5)
 
     cfg = train.Config(batch_size=6)
     batch = data.Collate(tok, 32, train.text_groups(cfg.loss))(items)
